@@ -1,0 +1,27 @@
+"""Fixtures for the emulator conformance suite (the `emulator` fixture comes from emulator.pytest_plugin)."""
+
+import pytest
+
+from tests.emulator.wire import Wire
+
+
+@pytest.fixture(params=["azure", "openai"])
+def wire(request, emulator):
+    """Raw-HTTP client on the Azure and the OpenAI surface in turn."""
+    return Wire(emulator.url, request.param, emulator.api_key)
+
+
+@pytest.fixture(params=["azure", "openai", "foundry"])
+def any_wire(request, emulator):
+    """Raw-HTTP client on every surface, Foundry classic agents included (Bearer token)."""
+    return Wire(emulator.url, request.param, emulator.api_key)
+
+
+@pytest.fixture
+def azure(emulator):
+    return Wire(emulator.url, "azure", emulator.api_key)
+
+
+@pytest.fixture
+def openai_wire(emulator):
+    return Wire(emulator.url, "openai", emulator.api_key)
