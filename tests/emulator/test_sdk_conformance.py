@@ -337,9 +337,9 @@ def test_unknown_ids_raise_not_found(strict_client):
 
 
 def test_wrong_key_raises_authentication_error(emulator, kind):
-    with make_client(emulator, kind, api_key="sk-wrong-key-0000000000", max_retries=0) as c:
-        with pytest.raises(openai.AuthenticationError) as info:
-            c.beta.assistants.list()
+    c = make_client(emulator, kind, api_key="sk-wrong-key-0000000000", max_retries=0)
+    with c, pytest.raises(openai.AuthenticationError) as info:
+        c.beta.assistants.list()
     assert info.value.status_code == 401
     assert "sk-wrong-key-0000000000" not in str(info.value), "the key must not be echoed whole"
 
