@@ -1,0 +1,205 @@
+"""System checks for ``settings.RUNS_APP``. Every message names the exact key to set."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import re
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from runs_app.conf import (
+    AUTH_API_KEY,
+    AUTH_ENTRA,
+    AUTHS,
+    CONNECTION_DEFAULTS,
+    DEFAULTS,
+    KIND_FOUNDRY_AGENTS,
+    KINDS,
+    SETTING_NAME,
+)
+
+API_VERSION_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}(-preview)?|v1)$")
+
+
+def _key(*parts: str) -> str:
+    return SETTING_NAME + "".join(f"[{p!r}]" for p in parts)
+
+
+@register("runs_app")
+def check_runs_app_settings(app_configs=None, **kwargs):
+    raw = getattr(settings, SETTING_NAME, None)
+    if raw is None:
+        return [
+            Error(
+                f"{SETTING_NAME} is not set.",
+                hint=f"Add {SETTING_NAME} = {{'CONNECTIONS': {{'default': {{...}}}}}} to your settings "
+                "(see README, Configuration).",
+                id="runs_app.E001",
+            )
+        ]
+    if not isinstance(raw, dict):
+        return [Error(f"{SETTING_NAME} must be a dict, not {type(raw).__name__}.", id="runs_app.E001")]
+
+    errors = []
+    for key in sorted(set(raw) - set(DEFAULTS)):
+        errors.append(
+            Error(
+                f"Unknown setting {_key(key)}.",
+                hint="Valid keys: " + ", ".join(sorted(DEFAULTS)) + ".",
+                id="runs_app.E002",
+            )
+        )
+    errors += _check_numbers(raw)
+
+    connections = raw.get("CONNECTIONS", {})
+    if not isinstance(connections, dict) or not connections:
+        errors.append(
+            Error(
+                f"{_key('CONNECTIONS')} must name at least one connection.",
+                hint=f"Set {_key('CONNECTIONS', 'default')} = {{'KIND': 'azure_openai', 'ENDPOINT': ..., "
+                "'API_KEY': ...}.",
+                id="runs_app.E003",
+            )
+        )
+        return errors
+    default = raw.get("DEFAULT_CONNECTION", DEFAULTS["DEFAULT_CONNECTION"])
+    if default not in connections:
+        errors.append(
+            Error(
+                f"{_key('DEFAULT_CONNECTION')} is {default!r}, which is not in {_key('CONNECTIONS')}.",
+                hint=f"Add {_key('CONNECTIONS', str(default))} or set {_key('DEFAULT_CONNECTION')} to one of "
+                + ", ".join(map(repr, connections))
+                + ".",
+                id="runs_app.E003",
+            )
+        )
+    for name, conn in connections.items():
+        errors += _check_connection(str(name), conn)
+    return errors
+
+
+def _check_numbers(raw: dict) -> list:
+    errors = []
+    for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT"):
+        value = raw.get(key, DEFAULTS[key])
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            errors.append(Error(f"{_key(key)} must be a positive number of seconds, not {value!r}.",
+                                id="runs_app.E011"))
+    value = raw.get("MAX_RETRIES", DEFAULTS["MAX_RETRIES"])
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        errors.append(Error(f"{_key('MAX_RETRIES')} must be a whole number ≥ 0, not {value!r}.", id="runs_app.E011"))
+    return errors
+
+
+def _check_connection(name: str, conn) -> list:
+    if not isinstance(conn, dict):
+        return [Error(f"{_key('CONNECTIONS', name)} must be a dict.", id="runs_app.E004")]
+    errors = []
+    for key in sorted(set(conn) - set(CONNECTION_DEFAULTS)):
+        errors.append(
+            Error(
+                f"Unknown setting {_key('CONNECTIONS', name, key)}.",
+                hint="Valid keys: " + ", ".join(sorted(CONNECTION_DEFAULTS)) + ".",
+                id="runs_app.E004",
+            )
+        )
+    kind = conn.get("KIND", CONNECTION_DEFAULTS["KIND"])
+    if kind not in KINDS:
+        errors.append(
+            Error(
+                f"{_key('CONNECTIONS', name, 'KIND')} is {kind!r}.",
+                hint="Set it to one of " + ", ".join(map(repr, KINDS)) + ".",
+                id="runs_app.E005",
+            )
+        )
+    endpoint = conn.get("ENDPOINT") or ""
+    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    if not parts or parts.scheme not in ("http", "https") or not parts.hostname:
+        errors.append(
+            Error(
+                f"{_key('CONNECTIONS', name, 'ENDPOINT')} is missing or not an http(s) URL.",
+                hint="Set it to the service's base URL, e.g. https://my-resource.openai.azure.com "
+                "(Azure OpenAI) or https://my-resource.services.ai.azure.com/api/projects/my-project (Foundry).",
+                id="runs_app.E006",
+            )
+        )
+    auth = conn.get("AUTH", CONNECTION_DEFAULTS["AUTH"])
+    if auth not in AUTHS:
+        errors.append(
+            Error(
+                f"{_key('CONNECTIONS', name, 'AUTH')} is {auth!r}.",
+                hint="Set it to 'api_key' or 'entra'.",
+                id="runs_app.E008",
+            )
+        )
+    elif auth == AUTH_API_KEY and kind == KIND_FOUNDRY_AGENTS:
+        errors.append(
+            Error(
+                f"{_key('CONNECTIONS', name, 'AUTH')} is 'api_key', but Foundry classic agents accept Entra ID only.",
+                hint=f"Set {_key('CONNECTIONS', name, 'AUTH')} = 'entra' and install the 'entra' extra.",
+                id="runs_app.E008",
+            )
+        )
+    elif auth == AUTH_API_KEY and not conn.get("API_KEY"):
+        errors.append(
+            Error(
+                f"{_key('CONNECTIONS', name, 'API_KEY')} is missing.",
+                hint=f"Set it to the service's key, or set {_key('CONNECTIONS', name, 'AUTH')} = 'entra' to use "
+                "Entra ID.",
+                id="runs_app.E007",
+            )
+        )
+    elif auth == AUTH_ENTRA and importlib.util.find_spec("azure.identity") is None:
+        errors.append(
+            Error(
+                f"{_key('CONNECTIONS', name, 'AUTH')} is 'entra', but azure-identity is not installed.",
+                hint="pip install 'django-runs-app[entra]'.",
+                id="runs_app.E009",
+            )
+        )
+    version = conn.get("API_VERSION")
+    if version is not None and (not isinstance(version, str) or not API_VERSION_RE.match(version)):
+        errors.append(
+            Error(
+                f"{_key('CONNECTIONS', name, 'API_VERSION')} is {version!r}.",
+                hint="Use an api-version such as '2024-08-01-preview' (Azure OpenAI) or '2025-05-01' (Foundry), "
+                "or leave it unset for the kind's default.",
+                id="runs_app.E010",
+            )
+        )
+    return errors
+
+
+@register("runs_app", Tags.security, deploy=True)
+def check_runs_app_deploy(app_configs=None, **kwargs):
+    """Only with --deploy: a key sent over plain HTTP to another machine."""
+    raw = getattr(settings, SETTING_NAME, None)
+    if not isinstance(raw, dict) or not isinstance(raw.get("CONNECTIONS"), dict):
+        return []
+    warnings = []
+    for name, conn in raw["CONNECTIONS"].items():
+        if not isinstance(conn, dict) or not isinstance(conn.get("ENDPOINT"), str):
+            continue
+        parts = urlsplit(conn["ENDPOINT"])
+        if parts.scheme == "http" and parts.hostname and not _is_loopback(parts.hostname):
+            warnings.append(
+                Warning(
+                    f"{_key('CONNECTIONS', str(name), 'ENDPOINT')} uses plain http to {parts.hostname}: credentials "
+                    "would cross the network unencrypted.",
+                    hint="Use an https:// endpoint.",
+                    id="runs_app.W001",
+                )
+            )
+    return warnings
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

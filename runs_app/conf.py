@@ -1,0 +1,121 @@
+"""The one settings dict, ``settings.RUNS_APP``, read lazily.
+
+Modelled on ``rest_framework.settings``: a ``DEFAULTS`` dict, attribute access that reads the
+user's dict on first use, and a reload on ``setting_changed`` so ``override_settings`` works.
+Validation lives in ``runs_app.checks`` (system checks), not here, so a bad value never makes
+importing the app fail.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+SETTING_NAME = "RUNS_APP"
+
+KIND_AZURE_OPENAI = "azure_openai"
+KIND_FOUNDRY_AGENTS = "foundry_agents"
+KIND_OPENAI = "openai"
+KINDS = (KIND_AZURE_OPENAI, KIND_FOUNDRY_AGENTS, KIND_OPENAI)
+
+AUTH_API_KEY = "api_key"
+AUTH_ENTRA = "entra"
+AUTHS = (AUTH_API_KEY, AUTH_ENTRA)
+
+#: api-version used when a connection leaves ``API_VERSION`` unset. OpenAI has none.
+DEFAULT_API_VERSIONS = {
+    KIND_AZURE_OPENAI: "2024-08-01-preview",
+    KIND_FOUNDRY_AGENTS: "2025-05-01",
+    KIND_OPENAI: None,
+}
+
+#: Top-level keys of ``RUNS_APP`` and their defaults. Documented in README.md ("Configuration").
+DEFAULTS = {
+    # Named remote services. Each entry: see CONNECTION_DEFAULTS.
+    "CONNECTIONS": {},
+    # The connection used when a request does not name one.
+    "DEFAULT_CONNECTION": "default",
+    # Seconds to wait for a connection / for each read from the service.
+    "CONNECT_TIMEOUT": 5.0,
+    "READ_TIMEOUT": 60.0,
+    # Retries of one request after a connection error, timeout, 408, 409, 429 or 5xx.
+    "MAX_RETRIES": 2,
+}
+
+#: Keys of one ``RUNS_APP["CONNECTIONS"][name]`` entry and their defaults.
+CONNECTION_DEFAULTS = {
+    # azure_openai | foundry_agents | openai
+    "KIND": KIND_AZURE_OPENAI,
+    # Azure: https://{resource}.openai.azure.com; Foundry: the project endpoint
+    # https://{resource}.services.ai.azure.com/api/projects/{project}; OpenAI: https://api.openai.com
+    "ENDPOINT": "",
+    # None: the kind's default (DEFAULT_API_VERSIONS).
+    "API_VERSION": None,
+    # api_key | entra. Foundry classic agents accept Entra ID only.
+    "AUTH": AUTH_API_KEY,
+    # Required when AUTH is api_key.
+    "API_KEY": "",
+    # Entra ID token scope; None: the kind's default.
+    "ENTRA_SCOPE": None,
+}
+
+DEFAULT_ENTRA_SCOPES = {
+    KIND_AZURE_OPENAI: "https://cognitiveservices.azure.com/.default",
+    KIND_FOUNDRY_AGENTS: "https://ai.azure.com/.default",
+    KIND_OPENAI: None,
+}
+
+
+class AppSettings:
+    """Attribute access to ``settings.RUNS_APP`` merged over ``DEFAULTS``, read on first use."""
+
+    def __init__(self, defaults=None):
+        self._defaults = defaults or DEFAULTS
+        self._cached = None
+
+    @property
+    def user_settings(self) -> dict:
+        value = getattr(settings, SETTING_NAME, {})
+        return value if isinstance(value, dict) else {}
+
+    def _load(self) -> dict:
+        if self._cached is None:
+            merged = copy.deepcopy(self._defaults)
+            merged.update({k: v for k, v in self.user_settings.items() if k in self._defaults})
+            self._cached = merged
+        return self._cached
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name not in self._defaults:
+            raise AttributeError(f"Invalid RUNS_APP setting: {name!r}")
+        return self._load()[name]
+
+    def connection(self, name: str | None = None) -> dict:
+        """One connection's settings with defaults filled in (the raw dict is never mutated)."""
+        name = name or self.DEFAULT_CONNECTION
+        raw = self.CONNECTIONS.get(name)
+        if raw is None:
+            raise KeyError(f"RUNS_APP['CONNECTIONS'] has no connection named {name!r}")
+        merged = {**CONNECTION_DEFAULTS, **raw}
+        kind = merged["KIND"]
+        if merged["API_VERSION"] is None:
+            merged["API_VERSION"] = DEFAULT_API_VERSIONS.get(kind)
+        if merged["ENTRA_SCOPE"] is None:
+            merged["ENTRA_SCOPE"] = DEFAULT_ENTRA_SCOPES.get(kind)
+        return merged
+
+    def reload(self):
+        self._cached = None
+
+
+app_settings = AppSettings()
+
+
+def _reload_on_change(*, setting, **kwargs):
+    if setting == SETTING_NAME:
+        app_settings.reload()
+
+
+setting_changed.connect(_reload_on_change)
