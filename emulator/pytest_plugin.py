@@ -1,0 +1,29 @@
+"""Pytest fixtures: ``emulator_server`` (one per session) and ``emulator`` (state reset per test).
+
+Registered through the ``pytest11`` entry point ``emulator = "emulator.pytest_plugin"``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import serve_in_thread
+
+TEST_API_KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def emulator_server():
+    """A session-wide emulator: control endpoint on, speed 50, api key ``test-key``."""
+    _, handle = serve_in_thread(api_key=TEST_API_KEY, speed=50, control=True)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def emulator(emulator_server):
+    """The session emulator with its state (objects, events, faults) reset before the test."""
+    emulator_server.reset()
+    yield emulator_server
