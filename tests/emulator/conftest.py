@@ -25,3 +25,15 @@ def azure(emulator):
 @pytest.fixture
 def openai_wire(emulator):
     return Wire(emulator.url, "openai", emulator.api_key)
+
+
+@pytest.fixture(scope="session")
+def short_expiry_emulator():
+    """A separate emulator whose runs expire one second after creation (the session one uses 600 s)."""
+    import emulator as emulator_pkg
+
+    _url, handle = emulator_pkg.serve_in_thread(api_key="expiry-key", speed=50, expire_after=1.0)
+    try:
+        yield handle
+    finally:
+        handle.stop()

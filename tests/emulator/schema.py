@@ -77,12 +77,16 @@ def _file_search_result_attributes(defs: dict) -> None:
 
 
 def _azure_error_shape(defs: dict) -> None:
-    # Azure gateway errors (429 throttling, 404 routing) are {"error":{"code":"429","message":...}}:
-    # no `type`, no `param`, `code` a numeric string. Only accepted by the Azure error schema.
+    # Azure gateway errors (429 throttling, 401, 404 routing) are {"error":{"code":"429","message":...}}:
+    # no `type`, no `param`, `code` a numeric string; Azure 5xx use a PascalCase code ("InternalServerError").
+    # Only accepted by the Azure error schema.
     defs["AzureGatewayError"] = {
         "type": "object",
         "required": ["code", "message"],
-        "properties": {"code": {"type": "string", "pattern": "^[0-9]{3}$"}, "message": {"type": "string"}},
+        "properties": {
+            "code": {"type": "string", "pattern": "^([0-9]{3}|[A-Z][A-Za-z]+)$"},
+            "message": {"type": "string"},
+        },
     }
     defs["AzureErrorResponse"] = {
         "type": "object",

@@ -225,10 +225,15 @@ def test_cancelled_run_matches_spec(wire):
     _terminal_fields_consistent(done)
 
 
-def test_expired_run_matches_spec(wire):
-    _, run = wire.run_to("[expire] call get_current_weather", tools=[FUNCTION_TOOL], until=TERMINAL)
+@pytest.mark.parametrize("surface", ["azure", "openai"])
+@pytest.mark.parametrize("text", ["[expire] hello", "call get_current_weather and never answer"])
+def test_expired_run_matches_spec(short_expiry_emulator, surface, text):
+    # Tool outputs not submitted before expires_at (or a run that never finishes) → expired.
+    wire = Wire(short_expiry_emulator.url, surface, short_expiry_emulator.api_key)
+    _, run = wire.run_to(text, tools=[FUNCTION_TOOL], until=TERMINAL)
     assert run["status"] == "expired"
     assert run["expires_at"] is None and run["required_action"] is None
+    assert all(s["status"] in ("expired", "completed") for s in _steps(wire, run))
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -15,6 +15,9 @@ from openai import AssistantEventHandler, AzureOpenAI, OpenAI
 
 from tests.emulator.wire import AZURE_API_VERSION, FUNCTION_TOOL, SECOND_FUNCTION_TOOL, TERMINAL, Wire
 
+# client.beta.assistants/threads are marked deprecated (Assistants API sunset); they are what we test.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 POLL_MS = 10  # the SDK's default poll interval is 1 s; the emulator runs fast
 
 
