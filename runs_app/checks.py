@@ -83,7 +83,7 @@ def check_runs_app_settings(app_configs=None, **kwargs):
 
 def _check_numbers(raw: dict) -> list:
     errors = []
-    for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT"):
+    for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP"):
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             errors.append(Error(f"{_key(key)} must be a positive number of seconds, not {value!r}.",

@@ -40,8 +40,13 @@ DEFAULTS = {
     # Seconds to wait for a connection / for each read from the service.
     "CONNECT_TIMEOUT": 5.0,
     "READ_TIMEOUT": 60.0,
+    # Seconds a stream may stay silent before it is given up (the service sends no heartbeats).
+    "STREAM_IDLE_TIMEOUT": 120.0,
     # Retries of one request after a connection error, timeout, 408, 409, 429 or 5xx.
     "MAX_RETRIES": 2,
+    # The longest server-requested delay (retry-after) waited inside a request; longer ones raise
+    # RateLimited with the delay, for the caller to reschedule.
+    "RETRY_AFTER_CAP": 60.0,
 }
 
 #: Keys of one ``RUNS_APP["CONNECTIONS"][name]`` entry and their defaults.
