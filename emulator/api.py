@@ -24,6 +24,7 @@ class Flavor:
     drop_run: tuple = ()
     drop_assistant: tuple = ()
     legacy_tools: bool = False
+    plain_usage: bool = False         # 2024-05-01-preview usage has no *_details objects
 
     @classmethod
     def make(cls, backend: str, api_version: str | None) -> "Flavor":
@@ -32,7 +33,8 @@ class Flavor:
         old = api_version in ("2024-02-15-preview", "2024-05-01-preview")
         # Real Azure traffic: no reasoning_effort; 2024-05-01-preview runs have no parallel_tool_calls.
         drop_run = ("reasoning_effort", "parallel_tool_calls") if old else ("reasoning_effort",)
-        return cls(backend, api_version, drop_run=drop_run, drop_assistant=("reasoning_effort",), legacy_tools=old)
+        return cls(backend, api_version, drop_run=drop_run, drop_assistant=("reasoning_effort",), legacy_tools=old,
+                   plain_usage=old)
 
 
 @dataclass
@@ -70,20 +72,38 @@ def _strip_fs_content(step: dict) -> dict:
     return step
 
 
-def render(obj: dict, flavor: Flavor, include_content: bool = False) -> dict:
-    """Shape a stored object for one backend/api-version (and the include[] query)."""
+MESSAGE_STREAM_ONLY = ("status", "incomplete_details", "incomplete_at", "completed_at")
+
+
+def _plain_usage(obj: dict) -> dict:
+    u = obj.get("usage")
+    if u:
+        obj = {**obj, "usage": {k: u[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
+    return obj
+
+
+def render(obj: dict, flavor: Flavor, include_content: bool = False, sse: bool = False) -> dict:
+    """Shape a stored object for one backend/api-version, the include[] query, and REST vs SSE."""
     kind = obj.get("object")
     if kind == "thread.run":
         if flavor.drop_run:
-            return {k: v for k, v in obj.items() if k not in flavor.drop_run}
+            obj = {k: v for k, v in obj.items() if k not in flavor.drop_run}
+        if flavor.plain_usage:
+            obj = _plain_usage(obj)
+    elif kind == "thread.message":
+        if not sse:
+            # Real REST message bodies omit the lifecycle fields; only streamed messages carry them.
+            obj = {k: v for k, v in obj.items() if k not in MESSAGE_STREAM_ONLY}
     elif kind == "thread.run.step":
         if not include_content:
-            return _strip_fs_content(obj)
+            obj = _strip_fs_content(obj)
+        if flavor.plain_usage:
+            obj = _plain_usage(obj)
     elif kind == "assistant":
         if flavor.drop_assistant:
-            return {k: v for k, v in obj.items() if k not in flavor.drop_assistant}
+            obj = {k: v for k, v in obj.items() if k not in flavor.drop_assistant}
     elif kind == "list":
-        return {**obj, "data": [render(o, flavor, include_content) for o in obj["data"]]}
+        return {**obj, "data": [render(o, flavor, include_content, sse) for o in obj["data"]]}
     return obj
 
 
@@ -374,6 +394,10 @@ def _resolve_run_values(vals: dict, body: dict, assistant: dict) -> dict:
     }
 
 
+def _empty_resources(stream) -> dict:
+    return {"code_interpreter": {"file_ids": []}} if stream else {}
+
+
 def _run_reply(store: Store, run: dict, rt, stream: bool, include: bool, prefix=None):
     if stream:
         return StreamPlan(rt=rt, start=0, prefix=prefix or [], include_content=include)
@@ -397,7 +421,9 @@ def run_create(store: Store, flavor: Flavor, tid: str, body, query: dict):
         raise ApiError(400, f"Thread {tid} already has an active run {active['id']}.")
     for m in extra_msgs:
         store.add_message(tid, m)
-    run = store.create_run(thread, assistant, params, include_content=include, flavor_tool_resources={})
+    # Real traffic: streamed runs echo an empty code_interpreter resource, non-streamed runs echo {}.
+    run = store.create_run(thread, assistant, params, include_content=include,
+                           flavor_tool_resources=_empty_resources(vals["stream"]))
     return _run_reply(store, run, store.rt[run["id"]], bool(vals["stream"]), include)
 
 
@@ -413,13 +439,12 @@ def thread_and_run_create(store: Store, flavor: Flavor, body, query: dict):
     run_resources = _tool_resources(store, body.get("tool_resources"), files)
     assistant = store.get_assistant(body["assistant_id"])
     params = _resolve_run_values(vals, body, assistant)
-    # The service echoes an empty code_interpreter resource on threads made by create-thread-and-run.
-    thread = _new_thread(store, tbody, "thread.", default_resources={"code_interpreter": {"file_ids": []}})
+    thread = _new_thread(store, tbody, "thread.", default_resources=_empty_resources(vals["stream"]))
     if files:
         store.owner_files.setdefault(thread["id"], []).extend(files)
     run = store.create_run(thread, assistant, params, include_content=include,
                            flavor_tool_resources=run_resources if run_resources is not None
-                           else {"code_interpreter": {"file_ids": []}})
+                           else _empty_resources(vals["stream"]))
     return _run_reply(store, run, store.rt[run["id"]], bool(vals["stream"]), include,
                       prefix=[("thread.created", dict(thread))])
 

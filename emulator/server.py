@@ -330,7 +330,7 @@ class Handler(socketserver.StreamRequestHandler):
                         write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     self.keep_alive = False
                     raise _Abort()   # fault "cut": the stream stops mid-way, the run goes on
-                out.append(b"event: " + name.encode() + b"\ndata: " + dumps(api.render(obj, flavor, include))
+                out.append(b"event: " + name.encode() + b"\ndata: " + dumps(api.render(obj, flavor, include, True))
                            + b"\n\n")
                 sent += 1
                 if name in STREAM_END_EVENTS:
