@@ -236,7 +236,8 @@ class Handler(socketserver.StreamRequestHandler):
                     raise azure_resource_not_found()
             self._authenticate(backend, headers)
             flavor = _flavor(backend, version)
-            decision = self.server.faults.decide() if self.server.faults.active else None
+            faults = self.server.faults
+            decision = faults.decide(method, "/" + rest.strip("/")) if faults.active else None
             if decision is not None:
                 if decision.latency:
                     time.sleep(decision.latency)
@@ -269,6 +270,9 @@ class Handler(socketserver.StreamRequestHandler):
             exc = ApiError(500, "The server had an error while processing your request. Sorry about that!",
                            type="server_error")
             return self._send_error(exc, backend)
+        if decision is not None and decision.drop:
+            self.keep_alive = False
+            raise _Abort()   # fault "drop": the request was applied, the response is lost
         if isinstance(result, api.StreamPlan):
             return self._stream(result, flavor, backend, decision)
         data = dumps(api.render(result.payload, flavor, result.include_content))

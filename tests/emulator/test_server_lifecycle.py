@@ -12,9 +12,17 @@ import emulator as emulator_pkg
 
 KEY = "test-key"
 OPENAI_HEADERS = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "assistants=v2"}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
-    "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
 TIME_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
 
@@ -84,7 +92,9 @@ def test_plain_run_reaches_completed_with_usage_and_answer(api):
     assert done["status"] == "completed" and done["expires_at"] is None and done["completed_at"]
     assert done["usage"]["total_tokens"] == done["usage"]["prompt_tokens"] + done["usage"]["completion_tokens"] > 0
     msgs = api.get(f"/threads/{t['id']}/messages")
-    assert msgs["data"][0]["role"] == "assistant" and "tell me something" in msgs["data"][0]["content"][0]["text"]["value"]
+    assert (
+        msgs["data"][0]["role"] == "assistant" and "tell me something" in msgs["data"][0]["content"][0]["text"]["value"]
+    )
     assert api.get(f"/threads/{t['id']}/messages", params={"run_id": run["id"]})["data"][0]["run_id"] == run["id"]
     steps = api.get(f"/threads/{t['id']}/runs/{run['id']}/steps")["data"]
     assert [s["type"] for s in steps] == ["message_creation"]
@@ -100,16 +110,21 @@ def test_requires_action_then_submit_completes_and_quotes_outputs(api):
     step = api.get(f"/threads/{t['id']}/runs/{run['id']}/steps")["data"][0]
     assert step["status"] == "in_progress" and step["expires_at"] == ra["expires_at"]
     assert step["step_details"]["tool_calls"][0]["function"]["output"] is None
-    after = api.post(f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
-                     {"tool_outputs": [{"tool_call_id": call["id"], "output": "22C and sunny"}]})
+    after = api.post(
+        f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
+        {"tool_outputs": [{"tool_call_id": call["id"], "output": "22C and sunny"}]},
+    )
     assert after["status"] == "queued" and after["required_action"] is None
     done = api.wait(t["id"], run["id"], TERMINAL)
     assert done["status"] == "completed"
     answer = api.get(f"/threads/{t['id']}/messages")["data"][0]["content"][0]["text"]["value"]
     assert "22C and sunny" in answer
     # A second submit is refused with the real message.
-    err = api.post(f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
-                   {"tool_outputs": [{"tool_call_id": call["id"], "output": "x"}]}, expect=400)
+    err = api.post(
+        f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
+        {"tool_outputs": [{"tool_call_id": call["id"], "output": "x"}]},
+        expect=400,
+    )
     assert err["error"]["message"] == 'Runs in status "completed" do not accept tool outputs.'
 
 
@@ -118,10 +133,14 @@ def test_parallel_function_calls_and_missing_outputs_error(api):
     ra = api.wait(t["id"], run["id"], {"requires_action"} | TERMINAL)
     calls = ra["required_action"]["submit_tool_outputs"]["tool_calls"]
     assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
-    err = api.post(f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
-                   {"tool_outputs": [{"tool_call_id": calls[0]["id"], "output": "a"}]}, expect=400)
-    assert err["error"]["message"] == (f"Expected tool outputs for call_ids ['{calls[0]['id']}', "
-                                       f"'{calls[1]['id']}'], got ['{calls[0]['id']}']")
+    err = api.post(
+        f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
+        {"tool_outputs": [{"tool_call_id": calls[0]["id"], "output": "a"}]},
+        expect=400,
+    )
+    assert err["error"]["message"] == (
+        f"Expected tool outputs for call_ids ['{calls[0]['id']}', '{calls[1]['id']}'], got ['{calls[0]['id']}']"
+    )
 
 
 def test_sequential_calls_when_parallel_tool_calls_false(api):
@@ -130,8 +149,10 @@ def test_sequential_calls_when_parallel_tool_calls_false(api):
         ra = api.wait(t["id"], run["id"], {"requires_action"} | TERMINAL)
         (call,) = ra["required_action"]["submit_tool_outputs"]["tool_calls"]
         assert call["function"]["name"] == name
-        api.post(f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
-                 {"tool_outputs": [{"tool_call_id": call["id"], "output": name}]})
+        api.post(
+            f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
+            {"tool_outputs": [{"tool_call_id": call["id"], "output": name}]},
+        )
     assert api.wait(t["id"], run["id"], TERMINAL)["status"] == "completed"
 
 
@@ -143,10 +164,18 @@ def test_cancel_in_progress_run(api, emulator):
     done = api.wait(t["id"], run["id"], TERMINAL)
     assert done["status"] == "cancelled" and done["cancelled_at"] and done["expires_at"] is None
     err = api.post(f"/threads/{t['id']}/runs/{run['id']}/cancel", expect=400)
-    assert err["error"] == {"message": "Cannot cancel run with status 'cancelled'.", "type": "invalid_request_error",
-                            "param": None, "code": None}
+    assert err["error"] == {
+        "message": "Cannot cancel run with status 'cancelled'.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
     changes = [(e["object"], e["from"], e["to"]) for e in emulator.events() if e["run_id"] == run["id"]]
-    assert ("thread.run", "in_progress", "cancelling") in changes and ("thread.run", "cancelling", "cancelled") in changes
+    assert ("thread.run", "in_progress", "cancelling") in changes and (
+        "thread.run",
+        "cancelling",
+        "cancelled",
+    ) in changes
 
 
 def test_active_run_conflict_messages(api):
@@ -163,8 +192,10 @@ def test_failure_triggers(api):
     t, run = api.start("please [fail:rate_limit_exceeded]")
     done = api.wait(t["id"], run["id"], TERMINAL)
     assert done["status"] == "failed" and done["failed_at"]
-    assert done["last_error"] == {"code": "rate_limit_exceeded",
-                                  "message": "Rate limit is exceeded. Try again in 60 seconds."}
+    assert done["last_error"] == {
+        "code": "rate_limit_exceeded",
+        "message": "Rate limit is exceeded. Try again in 60 seconds.",
+    }
     step = api.get(f"/threads/{t['id']}/runs/{run['id']}/steps")["data"][0]
     assert step["status"] == "failed" and step["last_error"]["code"] == "rate_limit_exceeded"
 
@@ -177,8 +208,9 @@ def test_max_completion_tokens_gives_incomplete(api):
 
 
 def test_code_interpreter_and_file_search_steps(api):
-    t, run = api.start("calculate 6*7 with code, then search the file",
-                       tools=[{"type": "code_interpreter"}, {"type": "file_search"}])
+    t, run = api.start(
+        "calculate 6*7 with code, then search the file", tools=[{"type": "code_interpreter"}, {"type": "file_search"}]
+    )
     done = api.wait(t["id"], run["id"], TERMINAL)
     assert done["status"] == "completed"
     steps = api.get(f"/threads/{t['id']}/runs/{run['id']}/steps", params={"order": "asc"})["data"]
@@ -188,8 +220,10 @@ def test_code_interpreter_and_file_search_steps(api):
     fs = steps[1]["step_details"]["tool_calls"][0]["file_search"]
     assert fs["ranking_options"] == {"ranker": "default_2024_08_21", "score_threshold": 0.0}
     assert "content" not in fs["results"][0]
-    inc = api.get(f"/threads/{t['id']}/runs/{run['id']}/steps/{steps[1]['id']}",
-                  params={"include[]": "step_details.tool_calls[*].file_search.results[*].content"})
+    inc = api.get(
+        f"/threads/{t['id']}/runs/{run['id']}/steps/{steps[1]['id']}",
+        params={"include[]": "step_details.tool_calls[*].file_search.results[*].content"},
+    )
     assert inc["step_details"]["tool_calls"][0]["file_search"]["results"][0]["content"][0]["type"] == "text"
     text = api.get(f"/threads/{t['id']}/messages")["data"][0]["content"][0]["text"]
     assert "【4:0†source】" in text["value"] and text["annotations"][0]["type"] == "file_citation"
@@ -204,8 +238,11 @@ def test_expiry_when_outputs_never_arrive():
         assert done["status"] == "expired" and done["expires_at"] is None and done["required_action"] is None
         step = api.get(f"/threads/{t['id']}/runs/{run['id']}/steps")["data"][0]
         assert step["status"] == "expired"
-        err = api.post(f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
-                       {"tool_outputs": [{"tool_call_id": "call_x", "output": "late"}]}, expect=400)
+        err = api.post(
+            f"/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
+            {"tool_outputs": [{"tool_call_id": "call_x", "output": "late"}]},
+            expect=400,
+        )
         assert err["error"]["message"] == 'Runs in status "expired" do not accept tool outputs.'
     finally:
         handle.stop()

@@ -15,9 +15,15 @@ import emulator as emulator_pkg
 from tests.emulator.test_server_lifecycle import KEY, OPENAI_HEADERS, WEATHER, Api, sse_events
 
 AZ = "api-version=2024-08-01-preview"
-AZURE_401 = {"error": {"code": "401", "message": (
-    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an "
-    "active subscription and use a correct regional API endpoint for your resource.")}}
+AZURE_401 = {
+    "error": {
+        "code": "401",
+        "message": (
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an "
+            "active subscription and use a correct regional API endpoint for your resource."
+        ),
+    }
+}
 NOT_FOUND = {"error": {"code": "404", "message": "Resource not found"}}
 
 
@@ -41,8 +47,11 @@ def test_azure_accepts_api_key_or_bearer_and_rejects_wrong_key(emulator):
 
 def test_azure_unknown_or_missing_api_version_and_deployment_path_are_404(emulator):
     h = {"api-key": KEY}
-    for path in ("/openai/assistants?api-version=2023-01-01", "/openai/assistants",
-                 f"/openai/deployments/gpt-4o/threads?{AZ}"):
+    for path in (
+        "/openai/assistants?api-version=2023-01-01",
+        "/openai/assistants",
+        f"/openai/deployments/gpt-4o/threads?{AZ}",
+    ):
         r = requests.get(emulator.url + path, headers=h)
         assert r.status_code == 404 and r.json() == NOT_FOUND, path
 
@@ -56,8 +65,10 @@ def test_openai_auth_masks_key_and_requires_beta_header(emulator):
     assert bad not in err["message"] and err["message"].startswith("Incorrect API key provided: sk-not-t***")
     r = requests.get(url, headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_beta"
-    assert r.json()["error"]["message"] == ("You must provide the 'OpenAI-Beta' header to access the Assistants API. "
-                                            "Please try again by setting the header 'OpenAI-Beta: assistants=v2'.")
+    assert r.json()["error"]["message"] == (
+        "You must provide the 'OpenAI-Beta' header to access the Assistants API. "
+        "Please try again by setting the header 'OpenAI-Beta: assistants=v2'."
+    )
 
 
 def test_foundry_bearer_only(emulator):
@@ -65,8 +76,10 @@ def test_foundry_bearer_only(emulator):
     ok = requests.post(f"{base}/threads?api-version=2025-05-01", json={}, headers={"Authorization": f"Bearer {KEY}"})
     assert ok.status_code == 200 and ok.json()["object"] == "thread"
     for v in ("2025-05-15-preview", "v1"):
-        assert requests.get(f"{base}/assistants?api-version={v}",
-                            headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        assert (
+            requests.get(f"{base}/assistants?api-version={v}", headers={"Authorization": f"Bearer {KEY}"}).status_code
+            == 200
+        )
     r = requests.get(f"{base}/assistants?api-version=2025-05-01", headers={"api-key": KEY})
     assert r.status_code == 401 and r.json()["error"]["code"] == "401"
 
@@ -93,17 +106,26 @@ def test_control_endpoint_off_by_default():
 # ------------------------------------------------------------------------------------------ errors
 def test_not_found_and_validation_errors(api):
     err = api.get("/threads/thread_nope", expect=404)["error"]
-    assert err == {"message": "No thread found with id 'thread_nope'.", "type": "invalid_request_error",
-                   "param": None, "code": None}
+    assert err == {
+        "message": "No thread found with id 'thread_nope'.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
     t = api.thread()
     assert api.get(f"/threads/{t['id']}/runs/run_x", expect=404)["error"]["message"] == "No run found with id 'run_x'."
-    assert api.post(f"/threads/{t['id']}/runs", {"assistant_id": "asst_x"}, expect=404)["error"]["message"] == \
-        "No assistant found with id 'asst_x'."
+    assert (
+        api.post(f"/threads/{t['id']}/runs", {"assistant_id": "asst_x"}, expect=404)["error"]["message"]
+        == "No assistant found with id 'asst_x'."
+    )
     a = api.assistant()
     cases = [
         ({"assistant_id": a["id"], "bogus": 1}, "Unrecognized request argument supplied: bogus", None),
-        ({"assistant_id": a["id"], "temperature": 3}, "Invalid 'temperature': decimal above maximum value. "
-         "Expected a value <= 2, but got 3 instead.", "temperature"),
+        (
+            {"assistant_id": a["id"], "temperature": 3},
+            "Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got 3 instead.",
+            "temperature",
+        ),
         ({"assistant_id": a["id"], "top_p": -1}, None, "top_p"),
         ({"assistant_id": a["id"], "max_completion_tokens": 0}, None, "max_completion_tokens"),
         ({"assistant_id": a["id"], "truncation_strategy": {"type": "newest"}}, None, "truncation_strategy.type"),
@@ -120,9 +142,13 @@ def test_not_found_and_validation_errors(api):
 
 def test_metadata_limits(api):
     err = api.post("/threads", {"metadata": {f"k{i}": "v" for i in range(17)}}, expect=400)["error"]
-    assert err == {"message": "Invalid 'metadata': too many properties. Expected an object with at most 16 "
-                              "properties, but got an object with 17 properties instead.",
-                   "type": "invalid_request_error", "param": "metadata", "code": "object_above_max_properties"}
+    assert err == {
+        "message": "Invalid 'metadata': too many properties. Expected an object with at most 16 "
+        "properties, but got an object with 17 properties instead.",
+        "type": "invalid_request_error",
+        "param": "metadata",
+        "code": "object_above_max_properties",
+    }
     assert api.post("/threads", {"metadata": {"k" * 65: "v"}}, expect=400)["error"]["code"] == "string_above_max_length"
     assert api.post("/threads", {"metadata": {"k": "v" * 513}}, expect=400)["error"]["param"] == "metadata.k"
     assert api.post("/threads", {"metadata": {f"k{i}": "v" * 512 for i in range(16)}})["object"] == "thread"
@@ -143,7 +169,9 @@ def test_pagination_limits_order_and_cursors(api):
     assert page["first_id"] == ids[6] and page["last_id"] == ids[4]
     seen, after = [], None
     while True:
-        page = api.get(f"/threads/{t['id']}/messages", params={"limit": 3, "order": "asc", **({"after": after} if after else {})})
+        page = api.get(
+            f"/threads/{t['id']}/messages", params={"limit": 3, "order": "asc", **({"after": after} if after else {})}
+        )
         seen += [m["id"] for m in page["data"]]
         if not page["has_more"]:
             break
@@ -155,7 +183,8 @@ def test_pagination_limits_order_and_cursors(api):
         err = api.get(f"/threads/{t['id']}/messages", params=bad, expect=400)["error"]
         assert err["param"] in ("limit", "order")
     assert api.get(f"/threads/{t['id']}/messages", params={"order": "up"}, expect=400)["error"]["message"].startswith(
-        "Invalid value for 'order':")
+        "Invalid value for 'order':"
+    )
     empty = api.get(f"/threads/{t['id']}/runs")
     assert empty == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
 
@@ -164,18 +193,36 @@ def test_pagination_limits_order_and_cursors(api):
 def test_stream_framing_and_event_order(emulator):
     api = Api(emulator.url)
     a = api.assistant([WEATHER])
-    r = api.s.post(api.base + "/threads/runs", json={"assistant_id": a["id"], "stream": True, "thread": {
-        "messages": [{"role": "user", "content": "hi there"}]}}, stream=True)
+    r = api.s.post(
+        api.base + "/threads/runs",
+        json={
+            "assistant_id": a["id"],
+            "stream": True,
+            "thread": {"messages": [{"role": "user", "content": "hi there"}]},
+        },
+        stream=True,
+    )
     assert r.headers["Content-Type"].startswith("text/event-stream") and r.headers["Transfer-Encoding"] == "chunked"
     raw = r.content.decode()
     assert raw.endswith("event: done\ndata: [DONE]\n\n") and "\nid:" not in raw and "retry:" not in raw
     names = [n for n, _ in sse_events(raw)]
     deltas = names.count("thread.message.delta")
     assert deltas >= 5
-    assert names == ["thread.created", "thread.run.created", "thread.run.queued", "thread.run.in_progress",
-                     "thread.run.step.created", "thread.run.step.in_progress", "thread.message.created",
-                     "thread.message.in_progress"] + ["thread.message.delta"] * deltas + [
-                     "thread.message.completed", "thread.run.step.completed", "thread.run.completed", "done"]
+    assert names == [
+        "thread.created",
+        "thread.run.created",
+        "thread.run.queued",
+        "thread.run.in_progress",
+        "thread.run.step.created",
+        "thread.run.step.in_progress",
+        "thread.message.created",
+        "thread.message.in_progress",
+    ] + ["thread.message.delta"] * deltas + [
+        "thread.message.completed",
+        "thread.run.step.completed",
+        "thread.run.completed",
+        "done",
+    ]
     events = sse_events(raw)
     text = "".join(d["delta"]["content"][0]["text"]["value"] for n, d in events if n == "thread.message.delta")
     completed = next(d for n, d in events if n == "thread.message.completed")
@@ -191,12 +238,16 @@ def test_stream_ends_at_requires_action_and_submit_stream_continues(emulator):
     assert [n for n, _ in events][-2:] == ["thread.run.requires_action", "done"]
     first_delta = next(d for n, d in events if n == "thread.run.step.delta")
     call = first_delta["delta"]["step_details"]["tool_calls"][0]
-    assert call["function"] == {"name": "get_weather", "arguments": "", "output": None} and call["id"].startswith("call_")
+    assert call["function"] == {"name": "get_weather", "arguments": "", "output": None} and call["id"].startswith(
+        "call_"
+    )
     later = [d["delta"]["step_details"]["tool_calls"][0] for n, d in events if n == "thread.run.step.delta"][1:]
     assert all(set(c) == {"index", "type", "function"} and set(c["function"]) == {"arguments"} for c in later)
     run = events[-2][1]
-    raw2 = api.s.post(f"{api.base}/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs", json={
-        "tool_outputs": [{"tool_call_id": call["id"], "output": "sunny"}], "stream": True}).text
+    raw2 = api.s.post(
+        f"{api.base}/threads/{t['id']}/runs/{run['id']}/submit_tool_outputs",
+        json={"tool_outputs": [{"tool_call_id": call["id"], "output": "sunny"}], "stream": True},
+    ).text
     names = [n for n, _ in sse_events(raw2)]
     assert names[:3] == ["thread.run.step.completed", "thread.run.queued", "thread.run.in_progress"]
     assert names[-2:] == ["thread.run.completed", "done"]
@@ -253,8 +304,9 @@ def test_cli_prints_listening_line_and_stops_on_sigterm():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "emulator", "--port", str(port), "--speed", "20"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator", "--port", str(port), "--speed", "20"], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = proc.stdout.readline().strip()
         assert line == f"Emulator listening on http://127.0.0.1:{port}"
@@ -262,3 +314,18 @@ def test_cli_prints_listening_line_and_stops_on_sigterm():
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_drop_fault_applies_request_then_loses_response_and_match_times_target_one_request(emulator):
+    api = Api(emulator.url)
+    a = api.assistant()
+    t = api.thread("hi")
+    emulator.set_faults({"drop": 1.0, "times": 1, "match": r"POST /threads/[^/]+/runs$"})
+    assert api.get(f"/threads/{t['id']}")["id"] == t["id"]  # not matched: untouched
+    with pytest.raises(requests.ConnectionError):
+        api.s.post(f"{api.base}/threads/{t['id']}/runs", json={"assistant_id": a["id"]})
+    runs = Api(emulator.url).get(f"/threads/{t['id']}/runs")["data"]
+    assert len(runs) == 1  # ... but the run was created
+    assert emulator.faults()["times"] == 1
+    err = Api(emulator.url).post(f"/threads/{t['id']}/runs", {"assistant_id": a["id"]}, expect=400)
+    assert "already has an active run" in err["error"]["message"]  # times=1: faults are off again
