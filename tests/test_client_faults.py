@@ -18,11 +18,14 @@ def assistant(emulator):
     return setup._request("POST", "/assistants", json={"model": "gpt-4o", "name": "plain"})
 
 
-def make_client(emulator, *, sleeps=None, kind="azure_openai", **kwargs):
+def make_client(emulator, *, sleeps=None, kind="azure_openai", real_sleep=False, **kwargs):
+    """A client whose backoff sleeps are recorded (and only really slept with ``real_sleep``)."""
+
     def sleep(seconds):
         if sleeps is not None:
             sleeps.append(seconds)
-        time.sleep(seconds)
+        if real_sleep:
+            time.sleep(seconds)
 
     return AssistantsClient("faulty", settings=connection_settings(kind, emulator), sleep=sleep,
                             rng=lambda: 0.0, **kwargs)
@@ -37,7 +40,7 @@ def real_time_emulator():
 
 
 def test_429_retry_after_is_honoured(real_time_emulator):
-    client = make_client(real_time_emulator, sleeps=(sleeps := []))
+    client = make_client(real_time_emulator, sleeps=(sleeps := []), real_sleep=True)
     thread = client.create_thread()
     real_time_emulator.set_faults({"429": 1.0, "times": 1})
     started = time.monotonic()
