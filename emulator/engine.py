@@ -172,8 +172,17 @@ class Store:
         })
         self.record_cond.notify_all()
 
-    def events_since(self, since: int = 0, limit: int | None = None) -> list:
+    def events_since(self, since: int = 0, limit: int | None = None, wait: float = 0.0) -> list:
+        """Events with seq > since; with ``wait``, block up to that many seconds for the first one."""
         with self.lock:
+            if wait > 0 and self.seq <= since:
+                deadline = time.monotonic() + wait
+                cond = self.record_cond
+                while self.seq <= since:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    cond.wait(left)
             # seq is 1-based and dense, so index arithmetic finds the slice directly.
             start = max(0, since - self.record[0]["seq"] + 1) if self.record else 0
             out = self.record[start:]
@@ -246,6 +255,7 @@ class Store:
              "metadata": msg.get("metadata", {})}
         self.messages[m["id"]] = m
         self.thread_messages[tid].append(m["id"])
+        self._record(m, None, status)
         return m
 
     def delete_thread(self, tid: str) -> None:

@@ -369,7 +369,8 @@ class Handler(socketserver.StreamRequestHandler):
             elif name == "events" and method == "GET":
                 since = int((query.get("since") or ["0"])[-1])
                 limit = query.get("limit")
-                data = server.store.events_since(since, int(limit[-1]) if limit else None)
+                wait = min(60.0, float((query.get("wait") or ["0"])[-1]))
+                data = server.store.events_since(since, int(limit[-1]) if limit else None, wait)
                 payload = {"object": "list", "data": data, "last_seq": data[-1]["seq"] if data else since}
             elif name == "faults" and method == "GET":
                 payload = describe(server.faults.config)
