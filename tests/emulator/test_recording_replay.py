@@ -32,6 +32,9 @@ SETTLED_STATUSES = TERMINAL | {"requires_action"}
 # string like the recorded `"auto"`, so the run objects' shapes stay comparable.
 FORCE_FUNCTION_CALL = {"tool_choice": "required"}
 
+# Response headers clients rely on (protocol.md §4): when the recording has one, the emulator must send it too.
+PROTOCOL_HEADERS = ("x-request-id", "apim-request-id", "x-ms-region", "x-ratelimit-remaining-requests")
+
 
 def _rank(status: str | None) -> int:
     return {"queued": 0, "in_progress": 1, "requires_action": 2}.get(status or "", 3)
@@ -78,6 +81,22 @@ def substitute(text: str, ids: dict[str, str]) -> str:
     for recorded, emulated in ids.items():
         text = text.replace(recorded, emulated)
     return text
+
+
+def header_problems(recorded: dict, emulated) -> list[str]:
+    """Content-Type media type, chunked streaming and the protocol headers the recording has."""
+    recorded = {k.lower(): v for k, v in recorded.items()}
+    emulated = {k.lower(): v for k, v in emulated.items()}
+    problems = []
+    media = recorded.get("content-type", "").split(";")[0]
+    if media and emulated.get("content-type", "").split(";")[0] != media:
+        problems.append(f"Content-Type {emulated.get('content-type')!r}, recorded {media!r}")
+    if recorded.get("transfer-encoding") == "chunked" and emulated.get("transfer-encoding") != "chunked":
+        problems.append(f"recorded a chunked body, emulated Transfer-Encoding {emulated.get('transfer-encoding')!r}")
+    missing = [h for h in PROTOCOL_HEADERS if h in recorded and h not in emulated]
+    if missing:
+        problems.append(f"response headers missing {missing}")
+    return problems
 
 
 def group_events(events: list[tuple[str, Any]]) -> list[tuple[str, list[Any]]]:
@@ -134,10 +153,11 @@ class Replayer:
             self.replay_stream(where, method, entry, data, headers)
             return
         if method == "GET" and isinstance(recorded, dict) and recorded.get("object") == "thread.run":
-            emulated, status = self.poll_run(entry, recorded["status"])
+            resp = self.poll_run(entry, recorded["status"])
         else:
             resp = self.session.request(method, self.url(entry["RequestUri"]), data=data, headers=headers, timeout=30)
-            status, emulated = resp.status_code, (resp.json() if resp.content else None)
+        status, emulated = resp.status_code, (resp.json() if resp.content else None)
+        self.check_headers(where, entry["ResponseHeaders"], resp.headers)
         if status != entry["StatusCode"]:
             self.problems.append(f"{where}: status {status}, recorded {entry['StatusCode']}: {emulated}")
             return
@@ -153,7 +173,10 @@ class Replayer:
             if diff:
                 self.problems.append(f"{where}: body shape differs {diff}")
 
-    def poll_run(self, entry: dict, recorded_status: str) -> tuple[dict, int]:
+    def check_headers(self, where: str, recorded: dict, emulated) -> None:
+        self.problems += [f"{where}: {problem}" for problem in header_problems(recorded, emulated)]
+
+    def poll_run(self, entry: dict, recorded_status: str) -> requests.Response:
         """A recorded poll: poll until the emulator's run reaches the recorded status or a later one.
 
         Timing differs (the emulator is fast), so a recorded `in_progress` poll may meet a later status.
@@ -161,11 +184,10 @@ class Replayer:
         deadline = time.monotonic() + 15
         while True:
             resp = self.session.get(self.url(entry["RequestUri"]), timeout=30)
-            run = resp.json()
-            if resp.status_code != 200 or _rank(run.get("status")) >= _rank(recorded_status):
-                return run, resp.status_code
+            if resp.status_code != 200 or _rank(resp.json().get("status")) >= _rank(recorded_status):
+                return resp
             if time.monotonic() > deadline:
-                return run, resp.status_code
+                return resp
             time.sleep(0.005)
 
     def replay_stream(self, where: str, method: str, entry: dict, data: bytes | None, headers: dict) -> None:
@@ -174,6 +196,7 @@ class Replayer:
         )
         with resp:
             raw = b"".join(resp.iter_content(chunk_size=None)).decode("utf-8")
+        self.check_headers(where, entry["ResponseHeaders"], resp.headers)
         if resp.status_code != entry["StatusCode"]:
             self.problems.append(f"{where}: status {resp.status_code}, recorded {entry['StatusCode']}: {raw[:300]}")
             return
@@ -240,6 +263,21 @@ def test_shape_comparison_detects_a_missing_nested_key():
         "extra": ["tools[].extra"],
     }
     assert shape_diff({"a": 1, "b": None}, {"a": "x", "b": 3}) == {}
+
+
+def test_header_comparison_detects_missing_protocol_headers():
+    recorded = {
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Transfer-Encoding": "chunked",
+        "apim-request-id": "u",
+    }
+    assert (
+        header_problems(
+            recorded, {"content-type": "text/event-stream", "transfer-encoding": "chunked", "APIM-Request-Id": "v"}
+        )
+        == []
+    )
+    assert len(header_problems(recorded, {"Content-Type": "application/json"})) == 3
 
 
 def test_learned_ids_rewrite_urls_and_bodies():

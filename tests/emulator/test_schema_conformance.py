@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import requests
 
 from tests.emulator import schema
 from tests.emulator.wire import FUNCTION_TOOL, SECOND_FUNCTION_TOOL, TERMINAL, Wire, collapse_deltas, event_names
@@ -488,3 +489,57 @@ def _pairs_so_far(raw: str) -> list[tuple[str, str]]:
         if len(lines) == 2:
             pairs.append((lines[0].removeprefix("event: "), lines[1].removeprefix("data: ")))
     return pairs
+
+
+# ------------------------------------------------------------------------------------------ headers and triggers
+
+
+def test_error_400_missing_openai_beta_header(openai_wire):
+    resp = openai_wire.raw("GET", "/assistants", headers={"OpenAI-Beta": None})
+    assert resp.status_code == 400
+    schema.assert_valid("ErrorResponse", resp.json())
+    assert resp.json()["error"]["code"] == "invalid_beta"
+    assert "OpenAI-Beta: assistants=v2" in resp.json()["error"]["message"]
+
+
+def test_error_404_unknown_api_version(emulator):
+    resp = requests.get(
+        f"{emulator.url}/openai/assistants", params={"api-version": "1999-01-01"}, headers={"api-key": emulator.api_key}
+    )
+    assert resp.status_code == 404
+    assert resp.json() == {"error": {"code": "404", "message": "Resource not found"}}
+
+
+def test_run_responses_carry_request_id_and_poll_after_headers(wire):
+    asst = wire.assistant()
+    thread = wire.thread("hi")
+    run = wire.run(thread["id"], asst["id"])
+    resp = wire.raw("GET", f"/threads/{thread['id']}/runs/{run['id']}")
+    assert int(resp.headers["openai-poll-after-ms"]) > 0, "lets the SDK's *_and_poll helpers poll at the run's pace"
+    assert resp.headers["x-request-id"]
+    if wire.surface == "azure":
+        assert resp.headers["apim-request-id"] == resp.headers["x-request-id"]
+
+
+def test_incomplete_trigger_truncates_the_answer(wire):
+    _, run = wire.run_to("[incomplete] please answer")
+    assert run["status"] == "incomplete" and run["incomplete_details"] == {"reason": "max_completion_tokens"}
+
+
+def test_html_trigger_is_sent_verbatim(wire):
+    _, run = wire.run_to("[html] show markup")
+    text = _messages(wire, run["thread_id"], run_id=run["id"])[0]["content"][0]["text"]["value"]
+    assert "<img src=x onerror=alert(1)>" in text and "<script>alert(1)</script>" in text
+
+
+def test_forced_tool_choice_calls_the_named_function(wire):
+    _, run = wire.run_to(
+        "no names here",
+        tools=[FUNCTION_TOOL, SECOND_FUNCTION_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_local_time"}},
+    )
+    assert run["status"] == "requires_action"
+    assert [c["function"]["name"] for c in run["required_action"]["submit_tool_outputs"]["tool_calls"]] == [
+        "get_local_time"
+    ]
+    assert run["tool_choice"] == {"type": "function", "function": {"name": "get_local_time"}}

@@ -124,3 +124,11 @@ def test_parse_sse_checks_framing():
     ):
         with pytest.raises(AssertionError):
             schema.parse_sse(bad)
+
+
+def test_error_event_schema():
+    assert (
+        schema.event_errors("error", {"code": "server_error", "message": "boom", "param": None, "type": "server_error"})
+        == []
+    )
+    assert schema.event_errors("error", {"error": {"code": "429", "message": "x"}}), "the spec's data is unwrapped"
