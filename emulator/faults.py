@@ -157,7 +157,7 @@ class FaultInjector:
             self._rng = random.Random(self._seed)
             self._apply(dict(self._initial))
 
-    def decide(self, method: str = "GET", path: str = "/") -> Decision | None:
+    def decide(self, method: str = "GET", path: str = "/", streaming: bool = True) -> Decision | None:
         """One decision per candidate request; always the same number of draws, so runs are reproducible."""
         c = self.config
         if self._match is not None and not self._match.search(f"{method} {path}"):
@@ -180,7 +180,7 @@ class FaultInjector:
         if hi > 0:
             d.latency = lo + (hi - lo) * draws[4]
         p_cut, after = c["cut"]
-        if draws[5] < p_cut:
+        if streaming and draws[5] < p_cut:
             d.cut_after = after
         if draws[6] < c["malformed"]:
             d.malformed = True

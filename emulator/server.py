@@ -41,6 +41,9 @@ def dumps(obj) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+_BAD_JSON = object()
+
+
 class _Abort(Exception):
     """Close the connection without (finishing) a response."""
 
@@ -236,8 +239,17 @@ class Handler(socketserver.StreamRequestHandler):
                     raise azure_resource_not_found()
             self._authenticate(backend, headers)
             flavor = _flavor(backend, version)
+            payload = None
+            if body:
+                try:
+                    payload = json.loads(body)
+                except ValueError:
+                    payload = _BAD_JSON
             faults = self.server.faults
-            decision = faults.decide(method, "/" + rest.strip("/")) if faults.active else None
+            decision = None
+            if faults.active:
+                streaming = isinstance(payload, dict) and payload.get("stream") is True
+                decision = faults.decide(method, "/" + rest.strip("/"), streaming)
             if decision is not None:
                 if decision.latency:
                     time.sleep(decision.latency)
@@ -245,13 +257,9 @@ class Handler(socketserver.StreamRequestHandler):
                     raise _Abort()
                 if decision.kind:
                     raise _fault_error(decision.kind, backend, self.server.store.speed)
+            if payload is _BAD_JSON:
+                raise ApiError(400, INVALID_JSON_MESSAGE, param=None, code=None)
             parts = [unquote(p) for p in rest.split("/") if p]
-            payload = None
-            if body:
-                try:
-                    payload = json.loads(body)
-                except ValueError:
-                    raise ApiError(400, INVALID_JSON_MESSAGE, param=None, code=None) from None
             store = self.server.store
             with store.lock:
                 result = api.dispatch(store, flavor, method, parts, query, payload)
