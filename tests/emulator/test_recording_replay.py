@@ -211,11 +211,19 @@ class Replayer:
             if name == "done":
                 continue
             learn_ids(rec_items[0], emu_items[0], self.ids)
-            rec_shape = set().union(*(shape(item) for item in rec_items))
-            emu_shape = set().union(*(shape(item) for item in emu_items))
-            if rec_shape != emu_shape:
-                diff = {"missing": sorted(rec_shape - emu_shape), "extra": sorted(emu_shape - rec_shape)}
-                self.problems.append(f"{where} [{name}]: data shape differs {diff}")
+            # The first delta of a group opens the content/tool call (id, name, `arguments: ""`, `annotations: []`);
+            # the following ones carry only fragments: compare the first and the rest separately.
+            parts = [("", rec_items[:1], emu_items[:1])]
+            if len(rec_items) > 1 and len(emu_items) > 1:
+                parts.append((" (later deltas)", rec_items[1:], emu_items[1:]))
+            elif len(rec_items) > 1 or len(emu_items) > 1:
+                parts[0] = ("", rec_items, emu_items)  # one side sent a single delta: compare the union
+            for label, rec_part, emu_part in parts:
+                rec_shape = set().union(*(shape(item) for item in rec_part))
+                emu_shape = set().union(*(shape(item) for item in emu_part))
+                if rec_shape != emu_shape:
+                    diff = {"missing": sorted(rec_shape - emu_shape), "extra": sorted(emu_shape - rec_shape)}
+                    self.problems.append(f"{where} [{name}]{label}: data shape differs {diff}")
 
 
 def _format(problems: list[str]) -> str:

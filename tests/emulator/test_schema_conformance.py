@@ -543,3 +543,72 @@ def test_forced_tool_choice_calls_the_named_function(wire):
         "get_local_time"
     ]
     assert run["tool_choice"] == {"type": "function", "function": {"name": "get_local_time"}}
+
+
+# ------------------------------------------------------------------------------------------ request echo
+
+
+def test_run_echoes_its_parameters(wire):
+    asst = wire.assistant(instructions="Be terse.")
+    thread = wire.thread("first")
+    run = wire.run(
+        thread["id"],
+        asst["id"],
+        instructions="Override.",
+        additional_instructions="And polite.",
+        additional_messages=[{"role": "user", "content": "extra question"}],
+        metadata={"case": "echo"},
+        temperature=0.5,
+        top_p=0.9,
+        max_prompt_tokens=5000,
+        max_completion_tokens=4000,
+        truncation_strategy={"type": "last_messages", "last_messages": 5},
+        response_format={"type": "json_object"},
+    )
+    assert run["model"] == asst["model"] and run["metadata"] == {"case": "echo"}
+    assert run["instructions"].startswith("Override.")
+    assert (run["temperature"], run["top_p"]) == (0.5, 0.9)
+    assert (run["max_prompt_tokens"], run["max_completion_tokens"]) == (5000, 4000)
+    assert run["truncation_strategy"] == {"type": "last_messages", "last_messages": 5}
+    assert run["response_format"] == {"type": "json_object"}
+    done = wire.wait_run(thread["id"], run["id"])
+    assert done["status"] == "completed"
+    texts = [m["content"][0]["text"]["value"] for m in _messages(wire, thread["id"], order="asc")]
+    assert texts[:2] == ["first", "extra question"], "additional_messages are added to the thread before the run"
+    assert json.loads(texts[2])["answer"], "json_object response_format gives a JSON answer"
+
+
+def test_run_defaults_match_protocol(wire):
+    _, run = wire.run_to("hello")
+    assert run["temperature"] == 1 and run["top_p"] == 1
+    assert run["tool_choice"] == "auto" and run["response_format"] == "auto"
+    assert run["truncation_strategy"] == {"type": "auto", "last_messages": None}
+    assert run["parallel_tool_calls"] is True
+    assert run["expires_at"] is None and run["created_at"] <= run["started_at"] <= run["completed_at"]
+
+
+def test_message_content_parts_and_metadata_updates(wire):
+    thread = wire.post("/threads", {"metadata": {"a": "1"}})
+    msg = wire.post(
+        f"/threads/{thread['id']}/messages",
+        {"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": "part two"}]},
+    )
+    assert [c["text"] for c in msg["content"]] == [
+        {"value": "part one", "annotations": []},
+        {"value": "part two", "annotations": []},
+    ]
+    updated = wire.post(f"/threads/{thread['id']}", {"metadata": {"a": "2"}})
+    assert updated["metadata"] == {"a": "2"}
+    msg2 = wire.post(f"/threads/{thread['id']}/messages/{msg['id']}", {"metadata": {"seen": "yes"}})
+    assert msg2["metadata"] == {"seen": "yes"} and msg2["id"] == msg["id"]
+
+
+def test_cancel_requires_action_run_cancels_its_steps(wire):
+    _, run = wire.run_to("call get_current_weather", tools=[FUNCTION_TOOL])
+    assert run["status"] == "requires_action"
+    cancelling = wire.post(f"/threads/{run['thread_id']}/runs/{run['id']}/cancel")
+    assert cancelling["status"] in ("cancelling", "cancelled")
+    done = wire.wait_run(run["thread_id"], run["id"], until=TERMINAL)
+    assert done["status"] == "cancelled" and done["required_action"] is None
+    (step,) = _steps(wire, run)
+    assert step["status"] == "cancelled" and step["cancelled_at"] is not None and step["expires_at"] is None
