@@ -329,3 +329,15 @@ def test_drop_fault_applies_request_then_loses_response_and_match_times_target_o
     assert emulator.faults()["times"] == 1
     err = Api(emulator.url).post(f"/threads/{t['id']}/runs", {"assistant_id": a["id"]}, expect=400)
     assert "already has an active run" in err["error"]["message"]  # times=1: faults are off again
+
+
+def test_azure_api_version_shapes(emulator):
+    def run_for(version):
+        q = f"api-version={version}"
+        h = {"api-key": KEY}
+        a = requests.post(f"{emulator.url}/openai/assistants?{q}", json={"model": "gpt-4o"}, headers=h).json()
+        return requests.post(f"{emulator.url}/openai/threads/runs?{q}", json={"assistant_id": a["id"]}, headers=h).json()
+    old, new = run_for("2024-05-01-preview"), run_for("2024-08-01-preview")
+    assert "parallel_tool_calls" not in old and "reasoning_effort" not in old
+    assert new["parallel_tool_calls"] is True and "reasoning_effort" not in new
+    assert new["tool_resources"] == {} and new["expires_at"] == new["created_at"] + 600
