@@ -390,3 +390,21 @@ def test_foundry_wire_format_with_bearer_token(emulator):
         foundry.url("/assistants"), params=foundry.params(), headers={"Authorization": "", "api-key": emulator.api_key}
     )
     assert resp.status_code == 401
+
+
+def test_steps_list_include_file_search_content(client):
+    asst = _assistant(client, [{"type": "file_search"}])
+    thread = _thread(client, "search the document for the totals")
+    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=asst.id, poll_interval_ms=POLL_MS)
+    assert run.status == "completed"
+    include = ["step_details.tool_calls[*].file_search.results[*].content"]
+    steps = client.beta.threads.runs.steps.list(run_id=run.id, thread_id=thread.id, include=include, order="asc")
+    call = steps.data[0].step_details.tool_calls[0]
+    assert call.type == "file_search" and call.file_search.ranking_options.ranker
+    assert call.file_search.results and call.file_search.results[0].content[0].text
+    answer = client.beta.threads.messages.list(thread_id=thread.id, run_id=run.id).data[0].content[0].text
+    assert "【4:0†source】" in answer.value
+    (citation,) = answer.annotations
+    assert citation.type == "file_citation" and citation.file_citation.file_id
+    # Indices count code points, as in the recorded FileSearchWorks answer (start 29, end 53 for 24 characters).
+    assert answer.value[citation.start_index : citation.end_index] == citation.text == "【4:0†source】"
