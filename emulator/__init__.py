@@ -74,7 +74,7 @@ class EmulatorHandle:
         self.state.close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "EmulatorHandle":
+    def __enter__(self) -> EmulatorHandle:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import validation as V
-from .engine import ACTIVE, Store
+from .engine import Store
 from .errors import ApiError
 
 INCLUDE_FS_CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
@@ -27,7 +27,7 @@ class Flavor:
     plain_usage: bool = False         # 2024-05-01-preview usage has no *_details objects
 
     @classmethod
-    def make(cls, backend: str, api_version: str | None) -> "Flavor":
+    def make(cls, backend: str, api_version: str | None) -> Flavor:
         if backend == "openai":
             return cls(backend, api_version)
         old = api_version in ("2024-02-15-preview", "2024-05-01-preview")
@@ -121,7 +121,7 @@ def paginate(items: list, query: dict) -> dict:
     try:
         limit = int(raw_limit)
     except ValueError:
-        raise ApiError(400, f"Invalid type for 'limit': expected an integer, but got a string instead.",
+        raise ApiError(400, "Invalid type for 'limit': expected an integer, but got a string instead.",
                        param="limit", code="invalid_type") from None
     V.check_int(limit, "limit", 1, 100)
     order = (query.get("order") or ["desc"])[-1]

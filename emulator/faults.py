@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 from dataclasses import dataclass
-
-import re
 
 FAULT_KEYS = ("429", "5xx", "latency", "reset", "drop", "cut", "malformed", "match", "times")
 

@@ -24,8 +24,11 @@ FAIL_MESSAGES = {
 
 HTML_PAYLOAD = "Here is some markup: <img src=x onerror=alert(1)> and <script>alert(1)</script> done."
 
-_VOCAB = ("the run emulator streams each word as a separate delta so that clients can render text "
-          "while it arrives and mirrors can measure their lag against the recorded state changes").split()
+_VOCAB = (
+    "the", "run", "emulator", "streams", "each", "word", "as", "a", "separate", "delta", "so", "that", "clients",
+    "can", "render", "text", "while", "it", "arrives", "and", "mirrors", "can", "measure", "their", "lag",
+    "against", "the", "recorded", "state", "changes",
+)
 
 
 @dataclass

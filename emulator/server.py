@@ -6,6 +6,7 @@ dominates the cost of small requests; everything else is plain ``socketserver``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import socketserver
@@ -20,8 +21,16 @@ from urllib.parse import parse_qs, unquote
 
 from . import api
 from .engine import STREAM_END_EVENTS, Store
-from .errors import (ApiError, RawError, INVALID_JSON_MESSAGE, azure_401, azure_resource_not_found, foundry_401,
-                     invalid_beta, openai_401)
+from .errors import (
+    INVALID_JSON_MESSAGE,
+    ApiError,
+    RawError,
+    azure_401,
+    azure_resource_not_found,
+    foundry_401,
+    invalid_beta,
+    openai_401,
+)
 from .faults import FaultInjector, describe
 
 AZURE_API_VERSIONS = frozenset({
@@ -76,10 +85,8 @@ class EmulatorHTTPServer(socketserver.ThreadingTCPServer):
         with self._conns_lock:
             conns = list(self._conns)
         for sock in conns:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def rate_remaining(self) -> int:
         window = int(time.monotonic() // 60)
@@ -102,18 +109,14 @@ class Handler(socketserver.StreamRequestHandler):
 
     def setup(self):
         super().setup()
-        try:
+        with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
         self.server.track(self.connection, True)
 
     def finish(self):
         self.server.track(self.connection, False)
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
 
     def handle(self):
         try:
@@ -125,11 +128,9 @@ class Handler(socketserver.StreamRequestHandler):
             pass
 
     def _abort(self):
-        try:
-            # SO_LINGER 0 makes close() send a RST: the client sees a connection reset.
+        # SO_LINGER 0 makes close() send a RST: the client sees a connection reset.
+        with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
 
     # ------------------------------------------------------------------ request parsing
     def _handle_one(self) -> bool:
@@ -234,9 +235,8 @@ class Handler(socketserver.StreamRequestHandler):
                 # Assistants are not deployment-scoped; unknown api-versions are Azure's routing 404.
                 if rest.startswith("deployments/") or version not in AZURE_API_VERSIONS:
                     raise azure_resource_not_found()
-            elif backend == "foundry":
-                if version not in FOUNDRY_API_VERSIONS:
-                    raise azure_resource_not_found()
+            elif backend == "foundry" and version not in FOUNDRY_API_VERSIONS:
+                raise azure_resource_not_found()
             self._authenticate(backend, headers)
             flavor = _flavor(backend, version)
             payload = None

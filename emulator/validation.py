@@ -204,8 +204,8 @@ def tools(value, param: str = "tools", *, legacy: bool = False) -> list:
                 raise invalid_value(f"{p}.file_search.ranking_options.ranker", ranker, ("auto", "default_2024_08_21"))
             thr = ro.get("score_threshold", 0.0)
             if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0 <= thr <= 1:
-                raise ApiError(400, f"Invalid '{p}.file_search.ranking_options.score_threshold': expected a "
-                                    "decimal between 0 and 1.", param=f"{p}.file_search.ranking_options.score_threshold",
+                param = f"{p}.file_search.ranking_options.score_threshold"
+                raise ApiError(400, f"Invalid '{param}': expected a decimal between 0 and 1.", param=param,
                                code="invalid_value")
             norm["ranking_options"] = {"ranker": ranker, "score_threshold": float(thr), "hybrid_search": None}
             out.append({"type": "file_search", "file_search": norm})

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -19,8 +17,8 @@ AZURE_401 = {
     "error": {
         "code": "401",
         "message": (
-            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an "
-            "active subscription and use a correct regional API endpoint for your resource."
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key "
+            "for an active subscription and use a correct regional API endpoint for your resource."
         ),
     }
 }
@@ -294,7 +292,7 @@ def test_fault_429_shape_and_control_endpoint(emulator):
     a = api.assistant()
     emulator.set_faults("cut=1@2")
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        api.s.post(api.base + "/threads/runs", json={"assistant_id": a["id"], "stream": True}).content
+        _ = api.s.post(api.base + "/threads/runs", json={"assistant_id": a["id"], "stream": True}).content
     emulator.set_faults(None)
     assert requests.post(f"{emulator.url}/_emulator/reset").json() == {"status": "reset"}
     assert requests.get(f"{emulator.url}/_emulator/health").json()["status"] == "ok"
@@ -336,7 +334,8 @@ def test_azure_api_version_shapes(emulator):
         q = f"api-version={version}"
         h = {"api-key": KEY}
         a = requests.post(f"{emulator.url}/openai/assistants?{q}", json={"model": "gpt-4o"}, headers=h).json()
-        return requests.post(f"{emulator.url}/openai/threads/runs?{q}", json={"assistant_id": a["id"]}, headers=h).json()
+        url = f"{emulator.url}/openai/threads/runs?{q}"
+        return requests.post(url, json={"assistant_id": a["id"]}, headers=h).json()
     old, new = run_for("2024-05-01-preview"), run_for("2024-08-01-preview")
     assert "parallel_tool_calls" not in old and "reasoning_effort" not in old
     assert new["parallel_tool_calls"] is True and "reasoning_effort" not in new
