@@ -146,7 +146,13 @@ def test_parallel_tool_calls_match_spec(wire):
     assert len({c["id"] for c in calls}) == 2
     base = f"/threads/{run['thread_id']}/runs/{run['id']}/submit_tool_outputs"
     missing = wire.post(base, {"tool_outputs": [{"tool_call_id": calls[0]["id"], "output": "x"}]}, expect=400)
-    assert missing["error"]["message"].startswith("Expected tool outputs for call_ids")
+    wanted = ", ".join(repr(c["id"]) for c in calls)
+    assert missing["error"] == {
+        "message": f"Expected tool outputs for call_ids [{wanted}], got [{calls[0]['id']!r}]",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
     outputs = [{"tool_call_id": c["id"], "output": f"out-{i}"} for i, c in enumerate(calls)]
     wire.post(base, {"tool_outputs": outputs})
     assert wire.wait_run(run["thread_id"], run["id"])["status"] == "completed"
@@ -265,7 +271,12 @@ def test_error_400_active_run_conflict(wire):
 def test_error_400_cancel_completed_run(wire):
     _, run = wire.run_to("hi")
     body = wire.post(f"/threads/{run['thread_id']}/runs/{run['id']}/cancel", expect=400)
-    assert body["error"]["message"] == "Cannot cancel run with status 'completed'."
+    assert body["error"] == {
+        "message": "Cannot cancel run with status 'completed'.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
 
 
 def test_error_400_submit_to_completed_run(wire):
@@ -275,7 +286,12 @@ def test_error_400_submit_to_completed_run(wire):
         {"tool_outputs": [{"tool_call_id": "call_x", "output": "y"}]},
         expect=400,
     )
-    assert body["error"]["message"] == 'Runs in status "completed" do not accept tool outputs.'
+    assert body["error"] == {
+        "message": 'Runs in status "completed" do not accept tool outputs.',
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
 
 
 def test_error_401_wrong_key(emulator, wire):
