@@ -628,3 +628,24 @@ def test_cancel_requires_action_run_cancels_its_steps(wire):
     assert done["status"] == "cancelled" and done["required_action"] is None
     (step,) = _steps(wire, run)
     assert step["status"] == "cancelled" and step["cancelled_at"] is not None and step["expires_at"] is None
+
+
+def test_stream_readable_with_sseclient(wire):
+    # The client side of the project reads streams with requests + sseclient-py: the same events must come out.
+    sseclient = pytest.importorskip("sseclient")
+    asst = wire.assistant()
+    thread = wire.thread("read me with sseclient")
+    resp = wire.session.post(
+        wire.url(f"/threads/{thread['id']}/runs"),
+        json={"assistant_id": asst["id"], "stream": True},
+        params=wire.params(),
+        stream=True,
+        timeout=30,
+    )
+    with resp:
+        events = [(e.event, e.data) for e in sseclient.SSEClient(resp).events()]
+    assert events[-1] == ("done", "[DONE]")
+    decoded = [(name, json.loads(data)) for name, data in events[:-1]]
+    for name, data in decoded:
+        schema.assert_event_valid(name, data)
+    assert collapse_deltas([name for name, _ in events]) == TEXT_RUN_EVENTS
