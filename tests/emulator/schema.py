@@ -78,7 +78,8 @@ def _file_search_result_attributes(defs: dict) -> None:
 
 def _azure_error_shape(defs: dict) -> None:
     # Azure gateway errors (429 throttling, 401, 404 routing) are {"error":{"code":"429","message":...}}:
-    # no `type`, no `param`, `code` a numeric string; Azure 5xx use a PascalCase code ("InternalServerError").
+    # no `type`, no `param`, `code` a numeric string. The emulator's Azure 500 uses a PascalCase code
+    # ("InternalServerError"): accepted here, but NOT evidenced by our recordings or protocol.md (unverified).
     # Only accepted by the Azure error schema.
     defs["AzureGatewayError"] = {
         "type": "object",
