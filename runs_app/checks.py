@@ -83,14 +83,31 @@ def check_runs_app_settings(app_configs=None, **kwargs):
 
 def _check_numbers(raw: dict) -> list:
     errors = []
-    for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP"):
+    for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP", "POLL_FAST",
+                "ACTIVE_WINDOW", "POLL_SLOW", "POLL_WAITING", "CLAIM_LEASE", "CYCLE_SECONDS", "DISCOVERY_INTERVAL",
+                "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN"):
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             errors.append(Error(f"{_key(key)} must be a positive number of seconds, not {value!r}.",
                                 id="runs_app.E011"))
-    value = raw.get("MAX_RETRIES", DEFAULTS["MAX_RETRIES"])
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        errors.append(Error(f"{_key('MAX_RETRIES')} must be a whole number ≥ 0, not {value!r}.", id="runs_app.E011"))
+    for key, minimum in (("MAX_RETRIES", 0), ("POLLER_LANES", 1), ("POLL_THREADS", 1), ("CLAIM_BATCH", 1)):
+        value = raw.get(key, DEFAULTS[key])
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            errors.append(Error(f"{_key(key)} must be a whole number ≥ {minimum}, not {value!r}.",
+                                id="runs_app.E011"))
+    stuck = raw.get("STUCK_AFTER", DEFAULTS["STUCK_AFTER"])
+    if not isinstance(stuck, dict) or not all(
+        k in ("queued", "in_progress", "cancelling") and isinstance(v, int | float) and v > 0 for k, v in stuck.items()
+    ):
+        errors.append(Error(f"{_key('STUCK_AFTER')} must map queued / in_progress / cancelling to seconds.",
+                            id="runs_app.E011"))
+    q_timeout = (getattr(settings, "Q_CLUSTER", None) or {}).get("timeout")
+    cycle = raw.get("CYCLE_SECONDS", DEFAULTS["CYCLE_SECONDS"])
+    if isinstance(q_timeout, int | float) and isinstance(cycle, int | float) and q_timeout <= cycle + 5:
+        errors.append(Error(
+            f"Q_CLUSTER['timeout'] ({q_timeout} s) must exceed {_key('CYCLE_SECONDS')} ({cycle} s) by more than 5 s, "
+            "or the q cluster kills every poll lane.",
+            hint=f"Raise Q_CLUSTER['timeout'] or lower {_key('CYCLE_SECONDS')}.", id="runs_app.E012"))
     return errors
 
 

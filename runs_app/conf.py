@@ -47,6 +47,29 @@ DEFAULTS = {
     # The longest server-requested delay (retry-after) waited inside a request; longer ones raise
     # RateLimited with the delay, for the caller to reschedule.
     "RETRY_AFTER_CAP": 60.0,
+    # --- the poller (see runs_app/poller.py) ---
+    # Seconds between polls of a queued/in_progress/cancelling run that changed within ACTIVE_WINDOW.
+    "POLL_FAST": 1.0,
+    "ACTIVE_WINDOW": 15.0,
+    # The slowest poll of an unchanged active run, and the poll of a run waiting in requires_action.
+    "POLL_SLOW": 15.0,
+    "POLL_WAITING": 5.0,
+    # Poll loops ("lanes") running at once across all q clusters, threads per lane, runs claimed per pass.
+    "POLLER_LANES": 1,
+    "POLL_THREADS": 4,
+    "CLAIM_BATCH": 50,
+    # Seconds a claim holds before another lane may take the run (a crashed worker's claims lapse).
+    "CLAIM_LEASE": 30.0,
+    # Seconds one lane task runs before handing over to its successor (below the q cluster's timeout).
+    "CYCLE_SECONDS": 20.0,
+    # Listing a tracked thread's runs to discover runs created elsewhere: first and longest interval.
+    "DISCOVERY_INTERVAL": 30.0,
+    "DISCOVERY_MAX_INTERVAL": 600.0,
+    # Seconds in a status after which a run is flagged stuck, and the warning horizon before expires_at.
+    "STUCK_AFTER": {"queued": 120, "in_progress": 600, "cancelling": 120},
+    "EXPIRING_WITHIN": 120.0,
+    # Create the per-minute watchdog schedule (django-q2) on migrate.
+    "POLLER_AUTOSTART": True,
 }
 
 #: Keys of one ``RUNS_APP["CONNECTIONS"][name]`` entry and their defaults.

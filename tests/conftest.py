@@ -25,3 +25,92 @@ def chromium_path():
     path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
     require("Chromium", bool(path), "no chromium on PATH (apt-get install chromium)")
     return path
+
+
+# --- the mirror against the emulator, and real q clusters ---------------------------------------------
+
+FAST_POLLER = {
+    "POLL_FAST": 0.1, "ACTIVE_WINDOW": 5.0, "POLL_SLOW": 1.0, "POLL_WAITING": 0.3, "CLAIM_LEASE": 10.0,
+    "CYCLE_SECONDS": 5.0, "DISCOVERY_INTERVAL": 0.3, "DISCOVERY_MAX_INTERVAL": 1.0, "POLL_THREADS": 2,
+}
+
+
+def emulator_connection(emulator) -> dict:
+    return {"KIND": "azure_openai", "ENDPOINT": emulator.azure_endpoint, "API_VERSION": "2024-08-01-preview",
+            "API_KEY": emulator.api_key}
+
+
+@pytest.fixture
+def mirror_settings(emulator, settings):
+    """RUNS_APP pointing the default connection at the emulator, with a fast poller."""
+    settings.RUNS_APP = {"CONNECTIONS": {"default": emulator_connection(emulator)}, **FAST_POLLER}
+    return settings.RUNS_APP
+
+
+def database_url_of_this_test_database() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or ""
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+class QCluster:
+    """A real ``manage.py qcluster`` subprocess on this test's database and RUNS_APP."""
+
+    def __init__(self, runs_app: dict):
+        import json
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        env = {**os.environ, "DATABASE_URL": database_url_of_this_test_database(),
+               "DJANGO_SETTINGS_MODULE": "tests.settings", "RUNS_APP_TEST_SETTINGS": json.dumps(runs_app)}
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"], cwd=Path(__file__).resolve().parent.parent, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole cluster (sentinel, workers, monitor): a machine dying mid-cycle."""
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> str:
+        import signal
+        import subprocess
+
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.stdout.read()[-5000:] if self.process.stdout else ""
+
+
+@pytest.fixture
+def q_cluster(transactional_db, mirror_settings):
+    """Start q clusters with ``q_cluster()``; all are stopped after the test."""
+    clusters = []
+
+    def start(**overrides):
+        cluster = QCluster({**mirror_settings, **overrides})
+        clusters.append(cluster)
+        return cluster
+
+    yield start
+    from runs_app.models import PollerLane
+
+    PollerLane.objects.update(token="")  # lanes notice within one pass and hand over to no successor
+    for cluster in clusters:
+        cluster.stop()

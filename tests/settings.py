@@ -34,3 +34,8 @@ RUNS_APP = {
         "default": {"KIND": "azure_openai", "ENDPOINT": "http://127.0.0.1:9", "API_KEY": "tests-only-api-key"},
     },
 }
+# A q cluster started by a test receives the test's RUNS_APP (pointing at its emulator) this way.
+if os.environ.get("RUNS_APP_TEST_SETTINGS"):
+    import json
+
+    RUNS_APP = json.loads(os.environ["RUNS_APP_TEST_SETTINGS"])

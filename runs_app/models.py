@@ -1,0 +1,323 @@
+"""The mirror: threads, runs, run steps and messages of the remote service, and each run's timeline.
+
+Rows are keyed by the remote id, unique per connection. Every field of the protocol's objects has a
+column or a JSON field; the latest full remote object is kept in ``raw`` so fields the service adds
+later are never lost. Rows are written only by ``runs_app.sync`` (the one upsert) and
+``runs_app.services``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    REQUIRES_ACTION = "requires_action"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    COMPLETED = "completed"
+    INCOMPLETE = "incomplete"
+    EXPIRED = "expired"
+
+
+TERMINAL_RUN_STATUSES = frozenset({
+    RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.COMPLETED, RunStatus.INCOMPLETE, RunStatus.EXPIRED,
+})
+ACTIVE_RUN_STATUSES = frozenset(set(RunStatus.values) - TERMINAL_RUN_STATUSES)
+
+
+class StepStatus(models.TextChoices):
+    IN_PROGRESS = "in_progress"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+
+
+TERMINAL_STEP_STATUSES = frozenset(set(StepStatus.values) - {StepStatus.IN_PROGRESS})
+
+
+class MessageStatus(models.TextChoices):
+    IN_PROGRESS = "in_progress"
+    INCOMPLETE = "incomplete"
+    COMPLETED = "completed"
+
+
+class Source(models.TextChoices):
+    POLL = "poll"
+    LIST = "list"
+    STREAM = "stream"
+    ACTION = "action"
+    IMPORT = "import"
+
+
+class MirrorRow(models.Model):
+    """What every mirrored object has: its connection and remote id, the raw object, when it was synced."""
+
+    connection = models.CharField(max_length=64, default="default")
+    remote_id = models.CharField(max_length=128)
+    raw = models.JSONField(default=dict, blank=True, help_text="The latest full object from the service.")
+    created_at = models.DateTimeField(null=True, blank=True, help_text="The service's created_at.")
+    metadata = models.JSONField(default=dict, blank=True)
+    # When the state stored here was observed: the request behind it was sent at observed_from and its
+    # answer received at observed_to (a stream event: the stream's start and the event's arrival).
+    observed_from = models.DateTimeField(null=True, blank=True)
+    observed_to = models.DateTimeField(null=True, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True, help_text="Last time any payload was applied.")
+    first_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self):
+        return self.remote_id
+
+
+class Thread(MirrorRow):
+    tool_resources = models.JSONField(null=True, blank=True)
+    tracked = models.BooleanField(
+        default=True, help_text="Discover runs created elsewhere on this thread by listing its runs."
+    )
+    next_discovery_at = models.DateTimeField(null=True, blank=True)
+    discovery_interval = models.FloatField(null=True, blank=True, help_text="Seconds between run listings.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "remote_id"], name="runs_app_thread_remote_id")]
+        ordering = ["-created_at"]
+
+
+class RunQuerySet(models.QuerySet):
+    def active(self):
+        return self.exclude(status__in=TERMINAL_RUN_STATUSES)
+
+    def terminal(self):
+        return self.filter(status__in=TERMINAL_RUN_STATUSES)
+
+    def needing_action(self):
+        return self.filter(status=RunStatus.REQUIRES_ACTION)
+
+    def due_for_poll(self, now=None):
+        now = now or timezone.now()
+        return self.active().filter(next_poll_at__lte=now).filter(Q(claimed_until__isnull=True) |
+                                                                  Q(claimed_until__lt=now))
+
+    def stuck(self):
+        return self.active().filter(stuck_since__isnull=False)
+
+    def expiring_soon(self):
+        return self.needing_action().filter(expiring_flagged_at__isnull=False)
+
+
+class Run(MirrorRow):
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="runs")
+    assistant_id = models.CharField(max_length=128, blank=True, db_index=True)
+    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    started_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    required_action = models.JSONField(null=True, blank=True)
+    last_error = models.JSONField(null=True, blank=True)
+    last_error_code = models.CharField(max_length=64, blank=True, db_index=True)
+    incomplete_details = models.JSONField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    model = models.CharField(max_length=128, blank=True, db_index=True)
+    instructions = models.TextField(blank=True)
+    tools = models.JSONField(default=list, blank=True)
+    tool_resources = models.JSONField(null=True, blank=True)
+    tool_choice = models.JSONField(null=True, blank=True)
+    response_format = models.JSONField(null=True, blank=True)
+    truncation_strategy = models.JSONField(null=True, blank=True)
+    temperature = models.FloatField(null=True, blank=True)
+    top_p = models.FloatField(null=True, blank=True)
+    max_prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    max_completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    parallel_tool_calls = models.BooleanField(null=True, blank=True)
+
+    # Sync bookkeeping.
+    status_changed_at = models.DateTimeField(null=True, blank=True, help_text="When the mirror saw the change.")
+    answered_call_ids = models.JSONField(
+        default=list, blank=True, help_text="Tool call ids whose outputs were submitted (seen or sent)."
+    )
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    polls = models.PositiveIntegerField(default=0)
+    steps_synced_for = models.CharField(max_length=200, blank=True,
+                                        help_text="The run state whose steps and messages were last fetched.")
+    stuck_since = models.DateTimeField(null=True, blank=True)
+    expiring_flagged_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "remote_id"], name="runs_app_run_remote_id")]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="runs_app_run_status_created"),
+            models.Index(fields=["-created_at"], name="runs_app_run_created"),
+            models.Index(fields=["connection", "status"], name="runs_app_run_conn_status"),
+            models.Index(fields=["next_poll_at"], name="runs_app_run_next_poll",
+                         condition=Q(next_poll_at__isnull=False)),
+        ]
+        ordering = ["-created_at"]
+        permissions = [
+            ("cancel_run", "Can cancel runs"),
+            ("submit_tool_outputs", "Can submit tool outputs"),
+            ("change_run_metadata", "Can modify run metadata"),
+            ("refresh_run", "Can refresh runs from the service"),
+        ]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_RUN_STATUSES
+
+    @property
+    def pending_tool_calls(self) -> list[dict]:
+        if self.status != RunStatus.REQUIRES_ACTION or not self.required_action:
+            return []
+        return (self.required_action.get("submit_tool_outputs") or {}).get("tool_calls") or []
+
+    @property
+    def thread_remote_id(self) -> str:
+        return self.raw.get("thread_id") or self.thread.remote_id
+
+
+class RunStep(MirrorRow):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    type = models.CharField(max_length=32)
+    status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.IN_PROGRESS)
+    step_details = models.JSONField(default=dict, blank=True)
+    last_error = models.JSONField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="expires_at (real traffic) or expired_at (spec)")
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "remote_id"], name="runs_app_step_remote_id")]
+        ordering = ["created_at", "id"]
+
+    @property
+    def tool_calls(self) -> list[dict]:
+        return (self.step_details or {}).get("tool_calls") or []
+
+
+class Message(MirrorRow):
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="messages")
+    run = models.ForeignKey(Run, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages")
+    run_remote_id = models.CharField(max_length=128, blank=True, db_index=True)
+    assistant_id = models.CharField(max_length=128, blank=True)
+    role = models.CharField(max_length=16)
+    status = models.CharField(max_length=16, choices=MessageStatus.choices, blank=True)
+    content = models.JSONField(default=list, blank=True, help_text="Content blocks with annotations.")
+    attachments = models.JSONField(default=list, blank=True)
+    incomplete_details = models.JSONField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    incomplete_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "remote_id"], name="runs_app_message_remote_id")]
+        ordering = ["created_at", "id"]
+
+    @property
+    def text(self) -> str:
+        """The message's text blocks joined: what a person reads (annotations stay in ``content``)."""
+        return "\n".join(
+            block.get("text", {}).get("value", "")
+            for block in self.content or []
+            if isinstance(block, dict) and block.get("type") == "text"
+        )
+
+
+class RunEvent(models.Model):
+    """The run's timeline: status changes as the mirror observed them, and operator actions."""
+
+    class Kind(models.TextChoices):
+        STATUS = "status", "status change"
+        ACTION = "action", "operator action"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.STATUS)
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    observed_at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    operator_action = models.ForeignKey("OperatorAction", null=True, blank=True, on_delete=models.CASCADE,
+                                        related_name="run_events")
+
+    class Meta:
+        ordering = ["observed_at", "id"]
+        indexes = [models.Index(fields=["run", "observed_at"], name="runs_app_event_run_time")]
+
+    def __str__(self):
+        if self.kind == self.Kind.ACTION and self.operator_action_id:
+            return str(self.operator_action)
+        return f"{self.from_status or '∅'} → {self.to_status} ({self.source})"
+
+
+class OperatorAction(models.Model):
+    """The audit log: every operator action, who did it, what was sent (secrets redacted) and the answer."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    action = models.CharField(max_length=64, db_index=True)
+    connection = models.CharField(max_length=64)
+    target = models.CharField(max_length=128, help_text="Remote id of the run or thread acted on.")
+    thread = models.ForeignKey(Thread, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    sent = models.JSONField(default=dict, blank=True)
+    succeeded = models.BooleanField(default=False)
+    answer = models.JSONField(null=True, blank=True, help_text="The service's answer, or its error.")
+    error = models.TextField(blank=True)
+    request_id = models.CharField(max_length=128, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self):
+        outcome = "ok" if self.succeeded else "failed"
+        return f"{self.action} {self.target} by {self.user or 'system'}: {outcome}"
+
+
+class ConnectionState(models.Model):
+    """Per-connection sync health: pauses after rate limits, last success, counters."""
+
+    connection = models.CharField(max_length=64, unique=True)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    pause_reason = models.CharField(max_length=300, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    requests = models.PositiveBigIntegerField(default=0)
+    rate_limited = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self):
+        return self.connection
+
+
+class PollerLane(models.Model):
+    """One self-re-enqueuing poll loop; the watchdog schedule restarts a lane whose heartbeat is stale."""
+
+    lane = models.PositiveSmallIntegerField(unique=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    token = models.CharField(max_length=64, blank=True)
+    cycles = models.PositiveBigIntegerField(default=0)
+    runs_polled = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self):
+        return f"lane {self.lane}"

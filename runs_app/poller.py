@@ -1,0 +1,294 @@
+"""The poller: keeps every non-terminal run fresh on an adaptive schedule.
+
+django-q2 schedules run at most once a minute, so polling is a *lane*: a task that loops for
+``CYCLE_SECONDS`` (claim due runs → poll them → sleep until the next is due), then enqueues its own
+successor. A per-minute watchdog schedule (``runs_app.tasks.poller_watchdog``) restarts any lane whose
+heartbeat went stale (a killed worker), and checks for stuck and expiring runs. ``POLLER_LANES`` lanes
+can run at once, on one cluster or many: runs are *claimed* with a lease, with
+``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL and a compare-and-set UPDATE elsewhere (SQLite), so
+no two lanes poll the same run in one cycle; a crashed lane's claims lapse after ``CLAIM_LEASE``.
+A 429 pauses the whole connection until its ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F, Min, Q
+from django.utils import timezone
+
+from runs_app import services, signals
+from runs_app.assistants import AssistantsError, NotFound, RateLimited
+from runs_app.conf import app_settings
+from runs_app.models import (
+    ConnectionState,
+    PollerLane,
+    Run,
+    RunStatus,
+    Source,
+    Thread,
+)
+from runs_app.sync import Observation
+
+logger = logging.getLogger("runs_app.poller")
+
+POLL_TASK = "runs_app.tasks.poll_lane"
+
+
+# --- schedule ---------------------------------------------------------------------------------------
+
+def next_poll_delay(run: Run, now: dt.datetime) -> float | None:
+    """Seconds until the run should be polled again (None: never, it is terminal).
+
+    Fast while queued/in_progress/cancelling and recently changed, slowing down the longer it stays
+    unchanged; slow while waiting in requires_action, but on time for its expiry.
+    """
+    if run.is_terminal:
+        return None
+    fast, slow = float(app_settings.POLL_FAST), float(app_settings.POLL_SLOW)
+    unchanged_for = (now - (run.status_changed_at or now)).total_seconds()
+    if run.status == RunStatus.REQUIRES_ACTION:
+        delay = float(app_settings.POLL_WAITING)
+        if run.expires_at is not None:
+            until_expiry = (run.expires_at - now).total_seconds()
+            delay = min(delay, max(fast, until_expiry + 1))
+        return delay
+    window = float(app_settings.ACTIVE_WINDOW)
+    if unchanged_for <= window:
+        return fast
+    return min(slow, fast + (unchanged_for - window) / 10)
+
+
+# --- claims -----------------------------------------------------------------------------------------
+
+def paused_connections(now: dt.datetime) -> list[str]:
+    return list(ConnectionState.objects.filter(paused_until__gt=now).values_list("connection", flat=True))
+
+
+def claim_due_runs(token: str, *, limit: int | None = None, now: dt.datetime | None = None) -> list[Run]:
+    """Claim up to ``limit`` due runs for this lane; no other lane gets them until released or lapsed."""
+    now = now or timezone.now()
+    limit = limit or int(app_settings.CLAIM_BATCH)
+    lease_until = now + dt.timedelta(seconds=float(app_settings.CLAIM_LEASE))
+    due = Run.objects.due_for_poll(now).exclude(connection__in=paused_connections(now)).order_by("next_poll_at")
+    if connection.features.has_select_for_update_skip_locked:
+        with transaction.atomic():
+            ids = list(due.select_for_update(skip_locked=True, of=("self",)).values_list("pk", flat=True)[:limit])
+            Run.objects.filter(pk__in=ids).update(claimed_by=token, claimed_until=lease_until)
+    else:
+        # Compare-and-set: the UPDATE re-checks that nobody claimed the row meanwhile.
+        candidates = list(due.values_list("pk", flat=True)[:limit])
+        Run.objects.filter(pk__in=candidates).filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)).update(
+            claimed_by=token, claimed_until=lease_until)
+        ids = candidates
+    return list(Run.objects.select_related("thread").filter(pk__in=ids, claimed_by=token, claimed_until=lease_until))
+
+
+def release(run: Run, token: str, *, next_poll_at: dt.datetime | None) -> None:
+    Run.objects.filter(pk=run.pk, claimed_by=token).update(
+        claimed_by="", claimed_until=None, next_poll_at=next_poll_at, polls=F("polls") + 1
+    )
+
+
+# --- polling one run --------------------------------------------------------------------------------
+
+def poll_claimed(run: Run, token: str) -> str:
+    """Poll one claimed run; returns the outcome ('ok', 'paused', 'gone', 'error')."""
+    now = timezone.now()
+    try:
+        run = services.run_poll(run=run, source=Source.POLL)
+    except RateLimited as exc:
+        pause_connection(run.connection, exc.retry_after, str(exc))
+        release(run, token, next_poll_at=now + dt.timedelta(seconds=exc.retry_after or 1))
+        return "paused"
+    except NotFound as exc:
+        # The run or its thread is gone from the service (deleted, or past retention): stop polling it.
+        logger.warning("%s: %s; no longer polled", run.remote_id, exc)
+        _record(run.connection, error=str(exc))
+        release(run, token, next_poll_at=None)
+        return "gone"
+    except AssistantsError as exc:
+        logger.warning("%s: poll failed: %s", run.remote_id, exc)
+        _record(run.connection, error=str(exc))
+        failures = min(run.polls, 6)
+        release(run, token, next_poll_at=now + dt.timedelta(seconds=min(60, 2 ** failures)))
+        return "error"
+    _record(run.connection, ok=True)
+    delay = next_poll_delay(run, timezone.now())
+    release(run, token, next_poll_at=None if delay is None else timezone.now() + dt.timedelta(seconds=delay))
+    return "ok"
+
+
+def pause_connection(name: str, seconds: float | None, reason: str) -> None:
+    until = timezone.now() + dt.timedelta(seconds=seconds if seconds is not None else 5)
+    state, _ = ConnectionState.objects.get_or_create(connection=name)
+    ConnectionState.objects.filter(pk=state.pk).update(
+        paused_until=until, pause_reason=reason[:300], rate_limited=F("rate_limited") + 1,
+        last_error_at=timezone.now(), last_error=reason[:500], requests=F("requests") + 1,
+    )
+    logger.warning("connection %s paused until %s: %s", name, until.isoformat(), reason)
+
+
+def _record(name: str, *, ok: bool = False, error: str = "") -> None:
+    state, _ = ConnectionState.objects.get_or_create(connection=name)
+    if ok:
+        ConnectionState.objects.filter(pk=state.pk).update(last_success_at=timezone.now(),
+                                                           requests=F("requests") + 1)
+    else:
+        ConnectionState.objects.filter(pk=state.pk).update(last_error_at=timezone.now(), last_error=error[:500],
+                                                           requests=F("requests") + 1)
+
+
+# --- discovery --------------------------------------------------------------------------------------
+
+def discover_due_threads(*, limit: int = 20) -> int:
+    """List the runs of tracked threads whose discovery is due (one request covers up to 100 runs), so
+    runs created outside this app appear. Each thread is taken with a compare-and-set on its due time."""
+    now = timezone.now()
+    interval = dt.timedelta(seconds=float(app_settings.DISCOVERY_INTERVAL))
+    paused = paused_connections(now)
+    found = 0
+    for thread in Thread.objects.filter(tracked=True, next_discovery_at__lte=now).exclude(
+            connection__in=paused).order_by("next_discovery_at")[:limit]:
+        if Run.objects.filter(thread=thread).active().exists():
+            # One active run per thread: nothing new can start there while the poller follows this one.
+            Thread.objects.filter(pk=thread.pk).update(next_discovery_at=now + interval)
+            continue
+        taken = Thread.objects.filter(pk=thread.pk, next_discovery_at=thread.next_discovery_at).update(
+            next_discovery_at=now + dt.timedelta(seconds=thread.discovery_interval or interval.total_seconds()))
+        if not taken:
+            continue
+        try:
+            started = timezone.now()
+            page = services.get_client(thread.connection).list_runs(thread.remote_id, limit=100, order="desc")
+        except RateLimited as exc:
+            pause_connection(thread.connection, exc.retry_after, str(exc))
+            continue
+        except AssistantsError as exc:
+            logger.warning("discovery on %s failed: %s", thread.remote_id, exc)
+            continue
+        new = 0
+        for payload in page.get("data", []):
+            applied = services.sync.apply_run(payload, connection=thread.connection,
+                                              seen=Observation.now(Source.LIST, started))
+            new += int(applied.created)
+        # Idle threads are listed less and less often (up to DISCOVERY_MAX_INTERVAL); activity resets that.
+        base, ceiling = interval.total_seconds(), float(app_settings.DISCOVERY_MAX_INTERVAL)
+        next_interval = base if new else min(ceiling, max(base, (thread.discovery_interval or base) * 2))
+        Thread.objects.filter(pk=thread.pk).update(discovery_interval=next_interval)
+        found += new
+    return found
+
+
+# --- lanes ------------------------------------------------------------------------------------------
+
+def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
+    """One lane's cycle: poll due runs until ``seconds`` pass. Exits early if another cycle took the lane."""
+    seconds = float(app_settings.CYCLE_SECONDS if seconds is None else seconds)
+    deadline = time.monotonic() + seconds
+    stats = {"polled": 0, "cycles": 0, "discovered": 0}
+    threads = max(1, int(app_settings.POLL_THREADS))
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"runs-poll-{lane}") if threads > 1 else None
+    try:
+        while time.monotonic() < deadline:
+            if not PollerLane.objects.filter(lane=lane, token=token).update(heartbeat_at=timezone.now(),
+                                                                            cycles=F("cycles") + 1):
+                logger.info("lane %s: taken over by another cycle; stopping", lane)
+                stats["stopped"] = True
+                return stats
+            runs = claim_due_runs(token)
+            if runs:
+                if pool is None:
+                    for run in runs:
+                        poll_claimed(run, token)
+                else:
+                    list(pool.map(lambda r: _in_thread(poll_claimed, r, token), runs))
+                stats["polled"] += len(runs)
+                PollerLane.objects.filter(lane=lane).update(runs_polled=F("runs_polled") + len(runs))
+            stats["discovered"] += discover_due_threads()
+            stats["cycles"] += 1
+            if len(runs) < int(app_settings.CLAIM_BATCH):
+                _sleep_until_next_due(deadline)
+    finally:
+        if pool is not None:
+            _close_pool_connections(pool, threads)
+            pool.shutdown()
+    return stats
+
+
+def _in_thread(func, *args):
+    try:
+        return func(*args)
+    finally:
+        close_old_connections()
+
+
+def _close_pool_connections(pool: ThreadPoolExecutor, threads: int) -> None:
+    """Close the database connection each pool thread opened: a barrier makes every thread take one task."""
+    barrier = threading.Barrier(threads)
+
+    def close():
+        barrier.wait(timeout=10)
+        connection.close()
+
+    list(pool.map(lambda _: close(), range(threads)))
+
+
+def _sleep_until_next_due(deadline: float) -> None:
+    """Wait for the next due run (or thread), at most until the lane's deadline, in short steps."""
+    now = timezone.now()
+    next_due = Run.objects.active().filter(next_poll_at__isnull=False).aggregate(m=Min("next_poll_at"))["m"]
+    next_thread = Thread.objects.filter(tracked=True).aggregate(m=Min("next_discovery_at"))["m"]
+    candidates = [t for t in (next_due, next_thread) if t is not None]
+    wait = min([(t - now).total_seconds() for t in candidates], default=1.0)
+    wait = max(0.05, min(wait, 0.5, deadline - time.monotonic()))
+    if wait > 0:
+        time.sleep(wait)
+
+
+def ensure_running(*, force: bool = False) -> list[int]:
+    """Start every lane whose heartbeat is stale (or missing). Returns the lanes started."""
+    from django_q.tasks import async_task
+
+    started = []
+    stale_before = timezone.now() - dt.timedelta(seconds=float(app_settings.CYCLE_SECONDS) * 2 + 10)
+    for lane in range(int(app_settings.POLLER_LANES)):
+        row, _ = PollerLane.objects.get_or_create(lane=lane)
+        token = uuid.uuid4().hex
+        taken = PollerLane.objects.filter(pk=row.pk).filter(
+            Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale_before) if not force else Q()
+        ).update(token=token, heartbeat_at=timezone.now())
+        if taken:
+            async_task(POLL_TASK, lane, token, task_name=f"runs_app poll lane {lane} {token[:8]}",
+                       group="runs_app.poller")
+            started.append(lane)
+    return started
+
+
+# --- watchdogs --------------------------------------------------------------------------------------
+
+def flag_stuck_and_expiring(now: dt.datetime | None = None) -> dict:
+    """Flag runs stuck past ``STUCK_AFTER`` and requires_action runs expiring within ``EXPIRING_WITHIN``;
+    each is signalled once per episode."""
+    now = now or timezone.now()
+    stuck = 0
+    for status, seconds in (app_settings.STUCK_AFTER or {}).items():
+        limit = now - dt.timedelta(seconds=float(seconds))
+        for run in Run.objects.filter(status=status, stuck_since__isnull=True, status_changed_at__lt=limit):
+            if Run.objects.filter(pk=run.pk, stuck_since__isnull=True).update(stuck_since=run.status_changed_at):
+                stuck += 1
+                signals.run_stuck.send(sender=Run, run=run, status=status, since=run.status_changed_at)
+    expiring = 0
+    horizon = now + dt.timedelta(seconds=float(app_settings.EXPIRING_WITHIN))
+    for run in Run.objects.filter(status=RunStatus.REQUIRES_ACTION, expiring_flagged_at__isnull=True,
+                                  expires_at__isnull=False, expires_at__lte=horizon):
+        if Run.objects.filter(pk=run.pk, expiring_flagged_at__isnull=True).update(expiring_flagged_at=now):
+            expiring += 1
+            signals.run_expiring.send(sender=Run, run=run, expires_at=run.expires_at)
+    return {"stuck": stuck, "expiring": expiring}

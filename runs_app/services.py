@@ -1,0 +1,335 @@
+"""Every write goes through here: the admin, the API, the pages and the tasks all call these services.
+
+Services validate input before calling the service (``django.core.exceptions.ValidationError`` with the
+field and the reason), call it through the client, apply the answer through the one upsert
+(``runs_app.sync``) and, for operator actions, write the audit log (``OperatorAction``) and the run's
+timeline. Remote errors propagate as the client's ``AssistantsError`` ladder, after being audited.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from runs_app import sync
+from runs_app.assistants import APIStatusError, AssistantsClient, AssistantsError
+from runs_app.conf import app_settings
+from runs_app.models import OperatorAction, Run, RunEvent, RunStatus, Source, Thread
+from runs_app.sync import Observation
+
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY_LENGTH = 64
+METADATA_MAX_VALUE_LENGTH = 512
+_SECRET_KEY_RE = re.compile(r"(api[-_]?key|token|secret|password|authorization|credential)", re.IGNORECASE)
+
+#: How clients are made; tests and embedding sites may replace it (e.g. to pass a TokenCredential).
+client_factory: Callable[[str], AssistantsClient] = AssistantsClient
+
+
+def get_client(connection: str | None = None) -> AssistantsClient:
+    return client_factory(connection or app_settings.DEFAULT_CONNECTION)
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+def validate_metadata(metadata: Any, *, field: str = "metadata") -> dict:
+    """The service's limits: at most 16 keys, keys up to 64 characters, string values up to 512."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValidationError({field: ["Must be an object of string keys and string values."]})
+    errors = []
+    if len(metadata) > METADATA_MAX_KEYS:
+        errors.append(f"At most {METADATA_MAX_KEYS} keys are allowed; got {len(metadata)}.")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            errors.append(f"Key {key!r} must be a non-empty string.")
+        elif len(key) > METADATA_MAX_KEY_LENGTH:
+            errors.append(f"Key {key[:20]!r}… is {len(key)} characters; the limit is {METADATA_MAX_KEY_LENGTH}.")
+        if not isinstance(value, str):
+            errors.append(f"The value of {str(key)[:64]!r} must be a string.")
+        elif len(value) > METADATA_MAX_VALUE_LENGTH:
+            errors.append(f"The value of {key[:64]!r} is {len(value)} characters; the limit is "
+                          f"{METADATA_MAX_VALUE_LENGTH}.")
+    if errors:
+        raise ValidationError({field: errors})
+    return metadata
+
+
+def validate_tool_outputs(run: Run, tool_outputs: Any) -> list[dict]:
+    """All and only the pending tool calls, each answered once with a string output."""
+    if run.status != RunStatus.REQUIRES_ACTION:
+        raise ValidationError({"tool_outputs": [
+            f"Run {run.remote_id} is {run.status}; only a run in requires_action accepts tool outputs."]})
+    if not isinstance(tool_outputs, list) or not tool_outputs:
+        raise ValidationError({"tool_outputs": ["Give one output per pending tool call."]})
+    pending = [c["id"] for c in run.pending_tool_calls]
+    seen, errors = [], []
+    for index, item in enumerate(tool_outputs):
+        if not isinstance(item, dict) or not isinstance(item.get("tool_call_id"), str):
+            errors.append(f"Item {index} needs a tool_call_id.")
+            continue
+        if not isinstance(item.get("output"), str):
+            errors.append(f"The output for {item['tool_call_id']} must be a string.")
+        seen.append(item["tool_call_id"])
+    unknown = [i for i in seen if i not in pending]
+    missing = [i for i in pending if i not in seen]
+    duplicated = sorted({i for i in seen if seen.count(i) > 1})
+    if unknown:
+        errors.append(f"Not pending on this run: {', '.join(unknown)}.")
+    if missing:
+        errors.append(f"Missing outputs for: {', '.join(missing)}.")
+    if duplicated:
+        errors.append(f"Answered more than once: {', '.join(duplicated)}.")
+    if errors:
+        raise ValidationError({"tool_outputs": errors})
+    return [{"tool_call_id": i["tool_call_id"], "output": i["output"]} for i in tool_outputs]
+
+
+def redact(value: Any) -> Any:
+    """A copy with the values of secret-looking keys replaced, for the audit log."""
+    if isinstance(value, dict):
+        return {k: ("***" if isinstance(k, str) and _SECRET_KEY_RE.search(k) else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+# --- audit ------------------------------------------------------------------------------------------
+
+class _Audit:
+    """Records one operator action: the request before it is sent, the answer or error after."""
+
+    def __init__(self, *, action: str, connection: str, target: str, user=None, run: Run | None = None,
+                 thread: Thread | None = None, sent: dict | None = None):
+        self.action = OperatorAction.objects.create(
+            action=action, connection=connection, target=target, user=_real_user(user), run=run, thread=thread,
+            sent=redact(sent or {}),
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if isinstance(exc, AssistantsError):
+            self.action.succeeded = False
+            self.action.error = str(exc)
+            self.action.request_id = exc.request_id or ""
+            if isinstance(exc, APIStatusError):
+                self.action.answer = {"status": exc.status, "code": exc.code, "message": exc.message,
+                                      "param": exc.param}
+            self.action.save()
+            self._timeline()
+        return False
+
+    def succeeded(self, answer: dict | None, *, run: Run | None = None, thread: Thread | None = None) -> None:
+        self.action.succeeded = True
+        self.action.answer = answer
+        if run is not None:
+            self.action.run = run
+        if thread is not None:
+            self.action.thread = thread
+        self.action.save()
+        self._timeline()
+
+    def _timeline(self):
+        if self.action.run_id:
+            RunEvent.objects.create(run_id=self.action.run_id, kind=RunEvent.Kind.ACTION, source=Source.ACTION,
+                                    user=self.action.user, operator_action=self.action,
+                                    observed_at=self.action.at)
+
+
+def _real_user(user):
+    return user if user is not None and getattr(user, "is_authenticated", False) else None
+
+
+# --- threads ----------------------------------------------------------------------------------------
+
+def thread_create(*, connection: str | None = None, messages: list | None = None, tool_resources: dict | None = None,
+                  metadata: dict | None = None, user=None) -> Thread:
+    connection = connection or app_settings.DEFAULT_CONNECTION
+    metadata = validate_metadata(metadata)
+    sent = {"messages": messages, "tool_resources": tool_resources, "metadata": metadata}
+    with _Audit(action="create_thread", connection=connection, target="(new thread)", user=user, sent=sent) as audit:
+        started = timezone.now()
+        payload = get_client(connection).create_thread(messages=messages, tool_resources=tool_resources,
+                                                       metadata=metadata or None)
+        thread = sync.apply_thread(payload, connection=connection, seen=Observation.now(Source.ACTION, started)).row
+        audit.action.target = thread.remote_id
+        audit.succeeded(payload, thread=thread)
+    return thread
+
+
+def thread_import(*, thread_id: str, connection: str | None = None, user=None) -> Thread:
+    """Fetch a thread with all its runs, their steps, and its messages (every page)."""
+    connection = connection or app_settings.DEFAULT_CONNECTION
+    thread_id = (thread_id or "").strip()
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,128}", thread_id):
+        raise ValidationError({"thread_id": ["Give a thread id such as thread_abc123."]})
+    with _Audit(action="import_thread", connection=connection, target=thread_id, user=user,
+                sent={"thread_id": thread_id}) as audit:
+        thread, counts = thread_sync(connection=connection, thread_id=thread_id, source=Source.IMPORT)
+        audit.succeeded({"thread_id": thread_id, **counts}, thread=thread)
+    return thread
+
+
+def thread_sync(*, connection: str, thread_id: str, source: str = Source.IMPORT) -> tuple[Thread, dict]:
+    client = get_client(connection)
+    started = timezone.now()
+    payload = client.retrieve_thread(thread_id)
+    thread = sync.apply_thread(payload, connection=connection, seen=Observation.now(source, started)).row
+    runs = 0
+    started = timezone.now()
+    for run_payload in client.iter_runs(thread_id, order="asc"):
+        applied = sync.apply_run(run_payload, connection=connection, seen=Observation.now(source, started))
+        run_details_sync(run=applied.row, client=client, source=source)
+        runs += 1
+    messages = 0
+    started = timezone.now()
+    for message_payload in client.iter_messages(thread_id, order="asc"):
+        sync.apply_message(message_payload, connection=connection, seen=Observation.now(source, started))
+        messages += 1
+    Thread.objects.filter(pk=thread.pk).update(tracked=True, next_discovery_at=timezone.now())
+    return thread, {"runs": runs, "messages": messages}
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+def run_create(*, thread: Thread, assistant_id: str, user=None, **fields) -> Run:
+    if not assistant_id:
+        raise ValidationError({"assistant_id": ["Choose an assistant."]})
+    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
+    sent = {"assistant_id": assistant_id, **{k: v for k, v in fields.items() if v is not None}}
+    with _Audit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
+                thread=thread, sent=sent) as audit:
+        started = timezone.now()
+        payload = get_client(thread.connection).create_run(thread.remote_id, assistant_id=assistant_id, **fields)
+        run = sync.apply_run(payload, connection=thread.connection, seen=Observation.now(Source.ACTION, started),
+                             user=_real_user(user)).row
+        audit.action.target = run.remote_id
+        audit.succeeded(payload, run=run, thread=thread)
+    _wake_poller()
+    return run
+
+
+def thread_and_run_create(*, assistant_id: str, connection: str | None = None, thread: dict | None = None,
+                          user=None, **fields) -> Run:
+    connection = connection or app_settings.DEFAULT_CONNECTION
+    if not assistant_id:
+        raise ValidationError({"assistant_id": ["Choose an assistant."]})
+    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
+    if thread and "metadata" in thread:
+        validate_metadata(thread["metadata"], field="thread.metadata")
+    sent = {"assistant_id": assistant_id, "thread": thread, **{k: v for k, v in fields.items() if v is not None}}
+    with _Audit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
+                sent=sent) as audit:
+        started = timezone.now()
+        payload = get_client(connection).create_thread_and_run(assistant_id=assistant_id, thread=thread, **fields)
+        seen = Observation.now(Source.ACTION, started)
+        run = sync.apply_run(payload, connection=connection, seen=seen, user=_real_user(user)).row
+        audit.action.target = run.remote_id
+        audit.succeeded(payload, run=run, thread=run.thread)
+    _wake_poller()
+    return run
+
+
+def run_cancel(*, run: Run, user=None) -> Run:
+    if run.is_terminal:
+        raise ValidationError({"run": [f"Run {run.remote_id} is already {run.status}; it cannot be cancelled."]})
+    with _Audit(action="cancel_run", connection=run.connection, target=run.remote_id, user=user, run=run) as audit:
+        started = timezone.now()
+        payload = get_client(run.connection).cancel_run(run.thread.remote_id, run.remote_id)
+        run = _apply_action_answer(payload, run, started, user)
+        audit.succeeded(payload, run=run)
+    return run
+
+
+def run_modify_metadata(*, run: Run, metadata: dict, user=None) -> Run:
+    metadata = validate_metadata(metadata)
+    with _Audit(action="modify_metadata", connection=run.connection, target=run.remote_id, user=user, run=run,
+                sent={"metadata": metadata}) as audit:
+        started = timezone.now()
+        payload = get_client(run.connection).modify_run(run.thread.remote_id, run.remote_id, metadata=metadata)
+        run = _apply_action_answer(payload, run, started, user)
+        audit.succeeded(payload, run=run)
+    return run
+
+
+def run_submit_tool_outputs(*, run: Run, tool_outputs: list[dict], user=None) -> Run:
+    outputs = validate_tool_outputs(run, tool_outputs)
+    with _Audit(action="submit_tool_outputs", connection=run.connection, target=run.remote_id, user=user, run=run,
+                sent={"tool_outputs": outputs}) as audit:
+        started = timezone.now()
+        payload = get_client(run.connection).submit_tool_outputs(run.thread.remote_id, run.remote_id,
+                                                                 tool_outputs=outputs)
+        _mark_answered(run, [o["tool_call_id"] for o in outputs])
+        run = _apply_action_answer(payload, run, started, user)
+        audit.succeeded(payload, run=run)
+    _wake_poller()
+    return run
+
+
+def run_refresh(*, run: Run, user=None) -> Run:
+    """Fetch the run, its steps and its messages now (an operator's refresh)."""
+    with _Audit(action="refresh_run", connection=run.connection, target=run.remote_id, user=user, run=run) as audit:
+        run = run_poll(run=run, source=Source.ACTION, force_details=True)
+        audit.succeeded({"status": run.status}, run=run)
+    return run
+
+
+def run_poll(*, run: Run, source: str = Source.POLL, force_details: bool = False,
+             client: AssistantsClient | None = None) -> Run:
+    """Retrieve the run, apply it, and fetch its steps and messages when the run shows they changed."""
+    client = client or get_client(run.connection)
+    started = timezone.now()
+    payload = client.retrieve_run(run.thread.remote_id, run.remote_id)
+    applied = sync.apply_run(payload, connection=run.connection, seen=Observation.now(source, started))
+    run = applied.row
+    marker = details_marker(run)
+    if force_details or marker != run.steps_synced_for:
+        run_details_sync(run=run, client=client, source=source)
+    return run
+
+
+def details_marker(run: Run) -> str:
+    """What, in a run object, says its steps or messages changed: status, pending calls, token count."""
+    pending = ",".join(sorted(c.get("id", "") for c in run.pending_tool_calls))
+    return f"{run.status}|{pending}|{run.total_tokens or 0}|{len(run.answered_call_ids or [])}"[:200]
+
+
+def run_details_sync(*, run: Run, client: AssistantsClient | None = None, source: str = Source.POLL) -> None:
+    client = client or get_client(run.connection)
+    thread_id = run.thread.remote_id
+    marker = details_marker(run)
+    started = timezone.now()
+    for step in client.iter_run_steps(thread_id, run.remote_id, order="asc"):
+        sync.apply_step(step, connection=run.connection, seen=Observation.now(source, started))
+    started = timezone.now()
+    for message in client.iter_messages(thread_id, run_id=run.remote_id, order="asc"):
+        sync.apply_message(message, connection=run.connection, seen=Observation.now(source, started))
+    Run.objects.filter(pk=run.pk).update(steps_synced_for=marker)
+    run.steps_synced_for = marker
+
+
+def _apply_action_answer(payload: dict, run: Run, started, user) -> Run:
+    return sync.apply_run(payload, connection=run.connection, seen=Observation.now(Source.ACTION, started),
+                          user=_real_user(user)).row
+
+
+def _mark_answered(run: Run, ids: list[str]) -> None:
+    with transaction.atomic():
+        locked = Run.objects.select_for_update().get(pk=run.pk)
+        locked.answered_call_ids = sorted(set(locked.answered_call_ids or []) | set(ids))
+        locked.save(update_fields=["answered_call_ids"])
+    run.answered_call_ids = locked.answered_call_ids
+
+
+def _wake_poller() -> None:
+    from runs_app import poller
+
+    transaction.on_commit(poller.ensure_running)

@@ -1,0 +1,39 @@
+"""django-q2 tasks: thin, take ids, call one service, safe to run twice.
+
+- ``poll_lane(lane, token)``: one poll loop cycle, then its successor (see runs_app/poller.py).
+- ``poller_watchdog()``: every minute (a django-q2 schedule): restarts stale lanes, flags stuck and
+  expiring runs.
+- ``refresh_run(run_pk)``: fetch one run with its steps and messages now.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django_q.tasks import async_task
+
+from runs_app import poller, services
+from runs_app.models import PollerLane, Run
+
+logger = logging.getLogger("runs_app.tasks")
+
+
+def poll_lane(lane: int, token: str) -> dict:
+    stats = poller.run_lane(lane, token)
+    if not stats.get("stopped") and PollerLane.objects.filter(lane=lane, token=token).exists():
+        async_task(poller.POLL_TASK, lane, token, task_name=f"runs_app poll lane {lane} {token[:8]}",
+                   group="runs_app.poller")
+    return stats
+
+
+def poller_watchdog() -> dict:
+    started = poller.ensure_running()
+    flags = poller.flag_stuck_and_expiring()
+    return {"lanes_started": started, **flags}
+
+
+def refresh_run(run_pk: int) -> str | None:
+    run = Run.objects.select_related("thread").filter(pk=run_pk).first()
+    if run is None:
+        return None
+    return services.run_poll(run=run, force_details=True).status
