@@ -126,6 +126,14 @@ class AssistantsClient:
 
     # --- assistants -------------------------------------------------------------------------------
 
+    def create_assistant(self, *, model: str, name: str | None = None, instructions: str | None = None,
+                         tools: list | None = None, metadata: dict | None = None, **fields) -> dict:
+        # Not resent after a lost response: assistants cannot be searched by a tag, and a duplicate
+        # assistant is the lesser harm than a guess.
+        body = _drop_none({"model": model, "name": name, "instructions": instructions, "tools": tools,
+                           "metadata": metadata, **fields})
+        return self._request("POST", "/assistants", json=body)
+
     def retrieve_assistant(self, assistant_id: str) -> dict:
         return self._request("GET", f"/assistants/{_id(assistant_id)}")
 
