@@ -350,7 +350,10 @@ def merge_delta(snapshot, delta):
     if isinstance(snapshot, dict) and isinstance(delta, dict):
         merged = dict(snapshot)
         for key, value in delta.items():
-            merged[key] = merge_delta(merged.get(key), value) if key in merged else value
+            if key in ("index", "type", "id") or key not in merged:
+                merged[key] = value  # identifiers are replaced, never concatenated (as openai-python does)
+            else:
+                merged[key] = merge_delta(merged[key], value)
         return merged
     if isinstance(snapshot, str) and isinstance(delta, str):
         return snapshot + delta
