@@ -5,7 +5,10 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
+from project.management.commands import runs_seed_demo
 from runs_app import services
+from runs_app.assistants import AssistantsClient
+from runs_app.assistants import ConnectionError as ServiceConnectionError
 from runs_app.models import OperatorAction, Run, Thread
 from tests.client_helpers import wait_for
 
@@ -92,3 +95,22 @@ def test_seed_gives_up_with_a_clear_message_when_the_emulator_never_answers(sett
                                                      "API_KEY": "k"}}, "MAX_RETRIES": 0}
     with pytest.raises(CommandError, match=r"emulator at http://127.0.0.1:9 did not answer within 0.2 s"):
         seed("--wait", "0.2")
+
+
+def test_seed_waits_for_the_emulator_to_come_up(demo_settings, emulator, monkeypatch):
+    answer = AssistantsClient.list_assistants
+    refusals = iter([True, True, False])
+
+    def starting_up(self, **params):
+        if next(refusals):
+            raise ServiceConnectionError("Connection refused", connection=self.connection)
+        return answer(self, **params)
+
+    monkeypatch.setattr(AssistantsClient, "list_assistants", starting_up)
+    naps = []
+    monkeypatch.setattr(runs_seed_demo, "_sleep", naps.append)
+
+    out = seed()
+
+    assert "Waiting for the emulator" in out and "Demo data seeded" in out
+    assert len(naps) == 2

@@ -31,6 +31,8 @@ from runs_app.models import Thread
 
 DEMO_METADATA = {"demo": "runs_app"}
 
+_sleep = time.sleep  # replaced in tests
+
 GET_WEATHER = {
     "type": "function",
     "function": {
@@ -106,7 +108,7 @@ class Command(BaseCommand):
             if not announced:
                 self.stdout.write(f"Waiting for the emulator at {client.endpoint} (up to {wait:g} s)…")
                 announced = True
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            _sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def _seed(self, client, connection: str) -> None:
         assistant = next((a for a in client.iter_assistants()
