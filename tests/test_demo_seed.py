@@ -75,7 +75,13 @@ def test_second_seed_creates_nothing(demo_settings, emulator):
 
 def test_seeds_again_when_the_emulator_forgot_the_demo(demo_settings, emulator):
     seed()
-    emulator.reset()  # the emulator restarted: it keeps its state in memory only
+    # The emulator restarted (it keeps its state in memory only). Not emulator.reset(): that restarts its
+    # id generator too, where `make run` starts each emulator with a fresh --seed.
+    client = AssistantsClient("default")
+    for thread in Thread.objects.all():
+        client._request("DELETE", f"/threads/{thread.remote_id}")
+    for assistant_id in list(emulator.state.assistants):
+        client._request("DELETE", f"/assistants/{assistant_id}")
 
     out = seed()
 
