@@ -156,6 +156,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
+    # DEBUG shows every claim and release of the poll lanes.
+    "loggers": {"runs_app.poller": {"level": env_str("RUNS_APP_POLLER_LOG_LEVEL", "INFO")}},
 }
 
 # --- Production-safe defaults ---------------------------------------------------------------------

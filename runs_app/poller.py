@@ -87,10 +87,15 @@ def claim_due_runs(token: str, *, limit: int | None = None, now: dt.datetime | N
         Run.objects.filter(pk__in=candidates).filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)).update(
             claimed_by=token, claimed_until=lease_until)
         ids = candidates
-    return list(Run.objects.select_related("thread").filter(pk__in=ids, claimed_by=token, claimed_until=lease_until))
+    claimed = list(Run.objects.select_related("thread").filter(pk__in=ids, claimed_by=token, claimed_until=lease_until))
+    if claimed:
+        logger.debug("claim %s %s", token, " ".join(r.remote_id for r in claimed))
+    return claimed
 
 
 def release(run: Run, token: str, *, next_poll_at: dt.datetime | None) -> None:
+    # Logged before the update, so in a merged log a release always precedes the next claim of the run.
+    logger.debug("release %s %s", token, run.remote_id)
     Run.objects.filter(pk=run.pk, claimed_by=token).update(
         claimed_by="", claimed_until=None, next_poll_at=next_poll_at, polls=F("polls") + 1
     )
@@ -167,6 +172,7 @@ def discover_due_threads(*, limit: int = 20) -> int:
         try:
             started = timezone.now()
             page = services.get_client(thread.connection).list_runs(thread.remote_id, limit=100, order="desc")
+            _record(thread.connection, ok=True)
         except RateLimited as exc:
             pause_connection(thread.connection, exc.retry_after, str(exc))
             continue
@@ -174,10 +180,18 @@ def discover_due_threads(*, limit: int = 20) -> int:
             logger.warning("discovery on %s failed: %s", thread.remote_id, exc)
             continue
         new = 0
+        client = services.get_client(thread.connection)
         for payload in page.get("data", []):
             applied = services.sync.apply_run(payload, connection=thread.connection,
                                               seen=Observation.now(Source.LIST, started))
             new += int(applied.created)
+            run = applied.row
+            if run.is_terminal and services.details_marker(run) != run.steps_synced_for:
+                # Finished before the poller ever saw it: fetch its steps and messages now.
+                try:
+                    services.run_details_sync(run=run, client=client, source=Source.LIST)
+                except AssistantsError as exc:
+                    logger.warning("details of %s failed: %s", run.remote_id, exc)
         # Idle threads are listed less and less often (up to DISCOVERY_MAX_INTERVAL); activity resets that.
         base, ceiling = interval.total_seconds(), float(app_settings.DISCOVERY_MAX_INTERVAL)
         next_interval = base if new else min(ceiling, max(base, (thread.discovery_interval or base) * 2))

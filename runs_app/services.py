@@ -162,6 +162,7 @@ def thread_create(*, connection: str | None = None, messages: list | None = None
         thread = sync.apply_thread(payload, connection=connection, seen=Observation.now(Source.ACTION, started)).row
         audit.action.target = thread.remote_id
         audit.succeeded(payload, thread=thread)
+    _wake_poller()  # discovery follows the new thread
     return thread
 
 
@@ -175,6 +176,7 @@ def thread_import(*, thread_id: str, connection: str | None = None, user=None) -
                 sent={"thread_id": thread_id}) as audit:
         thread, counts = thread_sync(connection=connection, thread_id=thread_id, source=Source.IMPORT)
         audit.succeeded({"thread_id": thread_id, **counts}, thread=thread)
+    _wake_poller()
     return thread
 
 

@@ -61,17 +61,21 @@ def database_url_of_this_test_database() -> str:
 class QCluster:
     """A real ``manage.py qcluster`` subprocess on this test's database and RUNS_APP."""
 
-    def __init__(self, runs_app: dict):
+    def __init__(self, runs_app: dict, **env_overrides):
         import json
         import subprocess
         import sys
+        import tempfile
         from pathlib import Path
 
         env = {**os.environ, "DATABASE_URL": database_url_of_this_test_database(),
-               "DJANGO_SETTINGS_MODULE": "tests.settings", "RUNS_APP_TEST_SETTINGS": json.dumps(runs_app)}
+               "DJANGO_SETTINGS_MODULE": "tests.settings", "RUNS_APP_TEST_SETTINGS": json.dumps(runs_app),
+               **env_overrides}
+        # A file, not a pipe: a chatty cluster must never block on a full pipe.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="qcluster-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "qcluster"], cwd=Path(__file__).resolve().parent.parent, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
 
     def alive(self) -> bool:
@@ -95,7 +99,12 @@ class QCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
-        return self.process.stdout.read()[-5000:] if self.process.stdout else ""
+        return self.output()
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
 
 
 @pytest.fixture
@@ -103,8 +112,8 @@ def q_cluster(transactional_db, mirror_settings):
     """Start q clusters with ``q_cluster()``; all are stopped after the test."""
     clusters = []
 
-    def start(**overrides):
-        cluster = QCluster({**mirror_settings, **overrides})
+    def start(env=None, **overrides):
+        cluster = QCluster({**mirror_settings, **overrides}, **(env or {}))
         clusters.append(cluster)
         return cluster
 

@@ -1,15 +1,13 @@
 """The demo site's admin logs in, in a real Chromium."""
 
-import os
-
 import pytest
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def page(chromium_path):
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # playwright's sync API runs an event loop
+def page(chromium_path, monkeypatch):
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # playwright's sync API runs an event loop
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

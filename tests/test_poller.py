@@ -1,0 +1,273 @@
+"""The poller: adaptive schedule, claims that never overlap, pauses on 429, watchdogs, and real q clusters."""
+
+import datetime as dt
+import re
+import threading
+
+import pytest
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from emulator import serve_in_thread
+from runs_app import poller, services, signals
+from runs_app.assistants import AssistantsClient
+from runs_app.models import ConnectionState, PollerLane, Run, Thread
+from tests.client_helpers import connection_settings, wait_for
+from tests.conftest import FAST_POLLER, emulator_connection
+from tests.run_sequences import FUNCTION_TOOL
+
+TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
+
+
+@pytest.fixture
+def remote(emulator):
+    return AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
+
+
+@pytest.fixture
+def assistant(remote):
+    return remote._request("POST", "/assistants", json={"model": "gpt-4o", "name": "ops", "tools": [FUNCTION_TOOL]})
+
+
+def make_run(thread, status="in_progress", **fields):
+    return Run.objects.create(thread=thread, remote_id=f"run_{Run.objects.count()}_{id(fields)}", status=status,
+                              next_poll_at=timezone.now() - dt.timedelta(seconds=1), **fields)
+
+
+# --- schedule -----------------------------------------------------------------------------------------
+
+@pytest.mark.django_db
+def test_next_poll_delay_is_adaptive(settings):
+    settings.RUNS_APP = {**settings.RUNS_APP, **FAST_POLLER, "POLL_FAST": 1.0, "POLL_SLOW": 15.0,
+                         "ACTIVE_WINDOW": 15.0, "POLL_WAITING": 5.0}
+    now = timezone.now()
+    run = Run(status="in_progress", status_changed_at=now - dt.timedelta(seconds=3))
+    assert poller.next_poll_delay(run, now) == 1.0
+    run.status_changed_at = now - dt.timedelta(seconds=75)
+    assert poller.next_poll_delay(run, now) == 7.0
+    run.status_changed_at = now - dt.timedelta(hours=1)
+    assert poller.next_poll_delay(run, now) == 15.0
+    run.status = "requires_action"
+    run.expires_at = now + dt.timedelta(minutes=10)
+    assert poller.next_poll_delay(run, now) == 5.0
+    run.expires_at = now + dt.timedelta(seconds=2)
+    assert poller.next_poll_delay(run, now) == 3.0  # on time for the expiry
+    run.status = "completed"
+    assert poller.next_poll_delay(run, now) is None
+
+
+# --- claims -------------------------------------------------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_lanes_never_claim_the_same_run(settings):
+    settings.RUNS_APP = {**settings.RUNS_APP, "CLAIM_BATCH": 7}
+    thread = Thread.objects.create(remote_id="thread_claims")
+    for _ in range(60):
+        make_run(thread)
+    claims, barrier = {}, threading.Barrier(4)
+
+    def lane(name):
+        try:
+            barrier.wait()
+            got = []
+            for _ in range(60):  # bounded: a broken claim would otherwise loop forever
+                batch = poller.claim_due_runs(name)
+                if not batch:
+                    break
+                got += [r.pk for r in batch]
+            claims[name] = got
+        finally:
+            close_old_connections()
+            connection.close()
+
+    workers = [threading.Thread(target=lane, args=(f"lane{i}",)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    everything = [pk for got in claims.values() for pk in got]
+    assert len(everything) == len(set(everything)) == 60
+    assert sum(1 for got in claims.values() if got) >= 1
+
+
+@pytest.mark.django_db
+def test_a_lapsed_claim_is_taken_over():
+    thread = Thread.objects.create(remote_id="thread_lease")
+    run = make_run(thread, claimed_by="dead-lane", claimed_until=timezone.now() - dt.timedelta(seconds=1))
+    held = make_run(thread, claimed_by="live-lane", claimed_until=timezone.now() + dt.timedelta(seconds=30))
+    claimed = poller.claim_due_runs("new-lane")
+    assert [r.pk for r in claimed] == [run.pk]
+    assert Run.objects.get(pk=held.pk).claimed_by == "live-lane"
+
+
+@pytest.mark.django_db
+def test_rate_limit_pauses_the_whole_connection(mirror_settings, emulator, assistant):
+    run = services.thread_and_run_create(assistant_id=assistant["id"])
+    other = services.thread_and_run_create(assistant_id=assistant["id"])
+    emulator.set_faults({"429": 1.0})
+    claimed = poller.claim_due_runs("lane-a")
+    outcome = poller.poll_claimed([r for r in claimed if r.pk == run.pk][0], "lane-a")
+    assert outcome == "paused"
+    state = ConnectionState.objects.get(connection="default")
+    assert state.paused_until > timezone.now() and state.rate_limited == 1 and "Rate limit" in state.pause_reason
+    Run.objects.filter(pk=other.pk).update(claimed_by="", claimed_until=None)
+    assert poller.claim_due_runs("lane-b") == []  # every run of the connection waits
+
+
+@pytest.mark.django_db
+def test_stuck_and_expiring_runs_are_flagged_and_signalled_once(settings):
+    settings.RUNS_APP = {**settings.RUNS_APP, "STUCK_AFTER": {"queued": 60}, "EXPIRING_WITHIN": 120}
+    thread = Thread.objects.create(remote_id="thread_watch")
+    now = timezone.now()
+    stuck = make_run(thread, status="queued", status_changed_at=now - dt.timedelta(minutes=5))
+    fresh = make_run(thread, status="queued", status_changed_at=now)
+    expiring = make_run(thread, status="requires_action", expires_at=now + dt.timedelta(seconds=30))
+    later = make_run(thread, status="requires_action", expires_at=now + dt.timedelta(minutes=9))
+    seen = []
+    on_stuck = lambda sender, run, **kw: seen.append(("stuck", run.pk))  # noqa: E731
+    on_expiring = lambda sender, run, **kw: seen.append(("expiring", run.pk))  # noqa: E731
+    signals.run_stuck.connect(on_stuck)
+    signals.run_expiring.connect(on_expiring)
+    try:
+        assert poller.flag_stuck_and_expiring() == {"stuck": 1, "expiring": 1}
+        assert poller.flag_stuck_and_expiring() == {"stuck": 0, "expiring": 0}
+    finally:
+        signals.run_stuck.disconnect(on_stuck)
+        signals.run_expiring.disconnect(on_expiring)
+    assert seen == [("stuck", stuck.pk), ("expiring", expiring.pk)]
+    assert set(Run.objects.stuck().values_list("pk", flat=True)) == {stuck.pk}
+    assert set(Run.objects.expiring_soon().values_list("pk", flat=True)) == {expiring.pk}
+    assert fresh.pk and later.pk
+
+
+@pytest.mark.django_db
+def test_watchdog_schedule_exists_after_migrate():
+    from django_q.models import Schedule
+
+    schedule = Schedule.objects.get(func="runs_app.tasks.poller_watchdog")
+    assert schedule.schedule_type == Schedule.MINUTES and schedule.minutes == 1
+
+
+# --- with real q clusters --------------------------------------------------------------------------------
+
+def final(run, timeout=30):
+    return wait_for(lambda: (r := Run.objects.get(pk=run.pk)).status in TERMINAL and r.steps_synced_for.startswith(
+        r.status) and r, timeout=timeout)
+
+
+def test_every_status_path_ends_right_with_steps_and_text(q_cluster, assistant, remote):
+    q_cluster()
+    texts = {
+        "completed": "tell me a story",
+        "failed": "break [fail:server_error]",
+        "incomplete": "short [incomplete]",
+        "cancelled": "slow one [slow:60]",
+        "tools": "get_weather in Lima",
+    }
+    runs = {k: services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": v}]}) for k, v in texts.items()}
+    wait_for(lambda: Run.objects.get(pk=runs["cancelled"].pk).status == "in_progress")
+    services.run_cancel(run=Run.objects.get(pk=runs["cancelled"].pk))
+    waiting = wait_for(lambda: (r := Run.objects.get(pk=runs["tools"].pk)).status == "requires_action" and r)
+    services.run_submit_tool_outputs(run=waiting, tool_outputs=[
+        {"tool_call_id": c["id"], "output": "cloudy"} for c in waiting.pending_tool_calls])
+    for key, expected in [("completed", "completed"), ("failed", "failed"), ("incomplete", "incomplete"),
+                          ("cancelled", "cancelled"), ("tools", "completed")]:
+        run = final(runs[key])
+        truth = remote.retrieve_run(run.thread.remote_id, run.remote_id)
+        assert run.status == truth["status"] == expected, key
+        remote_steps = list(remote.iter_run_steps(run.thread.remote_id, run.remote_id))
+        assert {s.remote_id: s.status for s in run.steps.all()} == {s["id"]: s["status"] for s in remote_steps}
+        remote_messages = list(remote.iter_messages(run.thread.remote_id, run_id=run.remote_id))
+        mirrored = {m.remote_id: m.text for m in run.messages.all()}
+        assert mirrored == {m["id"]: "\n".join(b["text"]["value"] for b in m["content"]) for m in remote_messages}
+    assert "cloudy" in Run.objects.get(pk=runs["tools"].pk).messages.get(role="assistant").text
+    history = list(Run.objects.get(pk=runs["tools"].pk).events.filter(kind="status").values_list("to_status",
+                                                                                                 flat=True))
+    assert history[-1] == "completed" and "requires_action" in history
+
+
+def test_expired_run(transactional_db, settings):
+    _, short = serve_in_thread(api_key="k", speed=50, expire_after=2, control=True)
+    with short:
+        settings.RUNS_APP = {"CONNECTIONS": {"default": emulator_connection(short)}, **FAST_POLLER}
+        remote = AssistantsClient("remote", settings=connection_settings("azure_openai", short))
+        asst = remote._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [FUNCTION_TOOL]})
+        from tests.conftest import QCluster
+
+        cluster = QCluster(settings.RUNS_APP)
+        try:
+            run = services.thread_and_run_create(assistant_id=asst["id"], thread={"messages": [
+                {"role": "user", "content": "get_weather please"}]})
+            wait_for(lambda: Run.objects.get(pk=run.pk).status == "requires_action", timeout=20)
+            run = final(run)
+            assert run.status == "expired" and run.expires_at is None
+        finally:
+            PollerLane.objects.update(token="")
+            cluster.stop()
+
+
+def test_run_created_elsewhere_on_a_tracked_thread_appears(q_cluster, assistant, remote):
+    thread = services.thread_create()
+    q_cluster()
+    outside = remote.create_run(thread.remote_id, assistant_id=assistant["id"])  # not through runs_app
+    run = wait_for(lambda: Run.objects.filter(remote_id=outside["id"]).first(), timeout=20)
+    assert final(run).status == "completed"
+    assert run.events.first().source == "list"
+
+
+def test_faults_delay_but_never_corrupt_the_mirror(q_cluster, emulator, assistant, remote):
+    q_cluster()
+    runs = [services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": f"run {i} [words:{5 + i}]"}]}) for i in range(8)]
+    emulator.set_faults({"429": 0.1, "5xx": 0.05, "reset": 0.05})
+    for run in runs:
+        mirrored = final(run, timeout=60)
+        truth = remote.retrieve_run(mirrored.thread.remote_id, mirrored.remote_id)  # retried through the faults
+        assert mirrored.status == truth["status"] == "completed"
+        assert mirrored.total_tokens == truth["usage"]["total_tokens"]
+        assert len(mirrored.messages.get(role="assistant").text.split()) == 5 + runs.index(run)
+
+
+def test_killing_a_worker_mid_cycle_loses_nothing(q_cluster, assistant, remote):
+    first = q_cluster()
+    slow = [services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": f"slow {i} [slow:2]"}]}) for i in range(4)]
+    wait_for(lambda: PollerLane.objects.filter(heartbeat_at__isnull=False, cycles__gt=2).exists(), timeout=20)
+    first.kill()
+    q_cluster()
+    # What the per-minute watchdog does, once the dead lane's heartbeat is stale.
+    wait_for(lambda: poller.ensure_running() == [0], timeout=40, interval=0.5)
+    for run in slow:
+        assert final(run, timeout=40).status == "completed"
+
+
+def test_two_clusters_never_poll_the_same_run_in_one_cycle(q_cluster, assistant, settings):
+    lanes = {"POLLER_LANES": 2, "CLAIM_BATCH": 3}
+    settings.RUNS_APP = {**settings.RUNS_APP, **lanes}
+    debug = {"RUNS_APP_POLLER_LOG_LEVEL": "DEBUG"}
+    a = q_cluster(env=debug, **lanes)
+    b = q_cluster(env=debug, **lanes)
+    runs = [services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": f"r{i} [slow:1]"}]}) for i in range(12)]
+    for run in runs:
+        assert final(run, timeout=40).status == "completed"
+    PollerLane.objects.update(token="")
+    logs = a.stop() + b.stop()
+    events = []
+    for line in logs.splitlines():
+        match = re.match(r"^(\S+ \S+) DEBUG runs_app\.poller (claim|release) ([0-9a-f]{32}) (.+)$", line)
+        if match:
+            stamp, kind, token, ids = match.groups()
+            events.append((stamp, kind == "claim", token, ids.split()))
+    events.sort(key=lambda e: (e[0], e[1]))  # the two clusters' logs merged in time; releases first on a tie
+    assert len({token for _, is_claim, token, _ in events if is_claim}) == 2, "both lanes took part"
+    holders: dict[str, str] = {}
+    for _, is_claim, token, ids in events:
+        for run_id in ids:
+            if is_claim:
+                assert holders.get(run_id) is None, f"{run_id} claimed by two lanes at once"
+                holders[run_id] = token
+            else:
+                assert holders.pop(run_id, None) == token
+    assert holders == {}
