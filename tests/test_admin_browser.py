@@ -1,6 +1,7 @@
 """The demo site's admin logs in, in a real Chromium."""
 
 import pytest
+from django.db import connections
 
 pytestmark = pytest.mark.browser
 
@@ -19,6 +20,9 @@ def page(chromium_path, monkeypatch):
         try:
             yield browser.new_page()
         finally:
+            # Inside playwright's event loop asgiref gives this context its own database connection:
+            # close it here, or PostgreSQL cannot drop the test database.
+            connections.close_all()
             browser.close()
 
 
