@@ -1,0 +1,192 @@
+"""Relay a run's event stream: re-emit every service event unchanged and apply each to the mirror as it passes.
+
+The three entry points validate and open the service's stream *before* returning (so bad input is a
+``ValidationError`` and a refusal by the service an ``AssistantsError``, both before the first byte),
+then return a ``Relay``: an iterator of SSE bytes for a ``StreamingHttpResponse`` (``sse_response``).
+
+- Each event goes out as ``event: NAME\\ndata: DATA\\n\\n`` with DATA exactly as received, ending with
+  ``event: done`` / ``data: [DONE]``.
+- Each event is applied through the one upsert (message and step deltas folded), so the mirror holds the
+  text so far even if the stream drops.
+- A comment line (``: heartbeat``) goes out after ``HEARTBEAT_SECONDS`` of silence.
+- If the upstream stream breaks, the client gets an ``error`` event saying so, and the run is handed to
+  the poller; if the client goes away, the run is handed to the poller too. The upstream response is
+  closed whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+
+from django.http import StreamingHttpResponse
+from django.utils import timezone
+
+from runs_app import services, sync
+from runs_app.assistants import AssistantsError, EventStream
+from runs_app.conf import app_settings
+from runs_app.models import Run, Source, Thread
+from runs_app.services import _Audit, _real_user, get_client, validate_metadata, validate_tool_outputs
+from runs_app.sync import Observation
+
+logger = logging.getLogger("runs_app.relay")
+
+HEARTBEAT_SECONDS = 15.0
+_END = object()
+
+
+class Relay:
+    """Iterate to get SSE bytes. Applies events to the mirror on the iterating thread."""
+
+    def __init__(self, stream: EventStream, *, connection: str, audit: _Audit | None = None,
+                 heartbeat: float = HEARTBEAT_SECONDS):
+        self._stream = stream
+        self._connection = connection
+        self._audit = audit
+        self._heartbeat = heartbeat
+        self._started = timezone.now()
+        self._events: queue.Queue = queue.Queue(maxsize=1000)
+        self._stop = threading.Event()
+        self.run_remote_id: str | None = None
+        self.finished = False
+        self.events_relayed = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        reader = threading.Thread(target=self._read, name="runs-relay-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                try:
+                    item = self._events.get(timeout=self._heartbeat)
+                except queue.Empty:
+                    yield b": heartbeat\n\n"
+                    continue
+                if item is _END:
+                    break
+                if isinstance(item, Exception):
+                    yield self._error_event(item)
+                    break
+                yield self._relay(item)
+                if item.name == "done":
+                    self.finished = True
+                    break
+        finally:
+            self._stop.set()
+            self._stream.close()
+            if not self.finished:
+                self._hand_to_poller()
+
+    def _read(self) -> None:
+        """Reads the upstream stream on its own thread, so heartbeats can go out while it is silent."""
+        try:
+            for event in self._stream:
+                if self._stop.is_set():
+                    return
+                self._events.put(event)
+            self._events.put(_END)
+        except Exception as exc:  # handed to the iterating thread, which reports it to the client
+            self._events.put(exc)
+
+    def _relay(self, event) -> bytes:
+        self.events_relayed += 1
+        if event.name != "done":
+            seen = Observation(Source.STREAM, self._started, timezone.now())
+            row = sync.apply_event(event.name, event.data, connection=self._connection, seen=seen)
+            if isinstance(row, Run) and self.run_remote_id is None:
+                self.run_remote_id = row.remote_id
+                if self._audit is not None:
+                    self._audit.action.target = row.remote_id
+                    self._audit.succeeded({"stream": True, "run_id": row.remote_id}, run=row, thread=row.thread)
+            if event.name == "thread.run.requires_action" or (
+                    event.name.startswith("thread.run.") and isinstance(row, Run) and row.is_terminal):
+                self._sync_details(row)
+        return f"event: {event.name}\ndata: {event.raw}\n\n".encode()
+
+    def _sync_details(self, run: Run) -> None:
+        try:
+            services.run_details_sync(run=run, source=Source.STREAM)
+        except AssistantsError as exc:
+            logger.warning("details of %s after its stream: %s", run.remote_id, exc)
+
+    def _error_event(self, exc: Exception) -> bytes:
+        logger.warning("relay of %s broke: %s", self.run_remote_id or "a new run", exc)
+        message = str(exc) if isinstance(exc, AssistantsError) else "The relay failed."
+        body = {"error": {"message": f"The service's stream broke: {message} The run is followed by polling.",
+                          "code": "stream_interrupted", "param": None,
+                          "request_id": getattr(exc, "request_id", None)}}
+        return f"event: error\ndata: {json.dumps(body)}\n\n".encode()
+
+    def _hand_to_poller(self) -> None:
+        """The stream ended early (client gone or upstream broken): the poller finishes the mirror."""
+        if self.run_remote_id:
+            Run.objects.filter(connection=self._connection, remote_id=self.run_remote_id).exclude(
+                status__in=("completed", "failed", "cancelled", "expired", "incomplete")
+            ).update(next_poll_at=timezone.now())
+        from runs_app import poller
+
+        try:
+            poller.ensure_running()
+        except Exception as exc:  # never let the hand-over break the response's cleanup
+            logger.warning("could not wake the poller: %s", exc)
+
+
+# --- entry points -----------------------------------------------------------------------------------
+
+def run_create_stream(*, thread: Thread, assistant_id: str, user=None, **fields) -> Relay:
+    if not assistant_id:
+        from django.core.exceptions import ValidationError
+
+        raise ValidationError({"assistant_id": ["Choose an assistant."]})
+    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
+    sent = {"assistant_id": assistant_id, "stream": True, **{k: v for k, v in fields.items() if v is not None}}
+    audit = _Audit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
+                   thread=thread, sent=sent)
+    with audit:
+        stream = get_client(thread.connection).create_run_stream(thread.remote_id, assistant_id=assistant_id,
+                                                                 **fields)
+    return Relay(stream, connection=thread.connection, audit=audit)
+
+
+def thread_and_run_create_stream(*, assistant_id: str, connection: str | None = None, thread: dict | None = None,
+                                 user=None, **fields) -> Relay:
+    connection = connection or app_settings.DEFAULT_CONNECTION
+    if not assistant_id:
+        from django.core.exceptions import ValidationError
+
+        raise ValidationError({"assistant_id": ["Choose an assistant."]})
+    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
+    if thread and "metadata" in thread:
+        validate_metadata(thread["metadata"], field="thread.metadata")
+    sent = {"assistant_id": assistant_id, "thread": thread, "stream": True,
+            **{k: v for k, v in fields.items() if v is not None}}
+    audit = _Audit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
+                   sent=sent)
+    with audit:
+        stream = get_client(connection).create_thread_and_run_stream(assistant_id=assistant_id, thread=thread,
+                                                                     **fields)
+    return Relay(stream, connection=connection, audit=audit)
+
+
+def run_submit_tool_outputs_stream(*, run: Run, tool_outputs: list[dict], user=None) -> Relay:
+    outputs = validate_tool_outputs(run, tool_outputs)
+    audit = _Audit(action="submit_tool_outputs", connection=run.connection, target=run.remote_id,
+                   user=_real_user(user), run=run, sent={"tool_outputs": outputs, "stream": True})
+    with audit:
+        stream = get_client(run.connection).submit_tool_outputs_stream(run.thread.remote_id, run.remote_id,
+                                                                       tool_outputs=outputs)
+    services._mark_answered(run, [o["tool_call_id"] for o in outputs])
+    relay = Relay(stream, connection=run.connection)
+    relay.run_remote_id = run.remote_id
+    audit.succeeded({"stream": True, "run_id": run.remote_id}, run=run)
+    return relay
+
+
+def sse_response(relay: Relay) -> StreamingHttpResponse:
+    """A response that proxies and browsers do not buffer."""
+    response = StreamingHttpResponse(iter(relay), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

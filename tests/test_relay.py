@@ -1,0 +1,97 @@
+"""The relay: service events re-emitted unchanged, each applied to the mirror, failures handed to the poller."""
+
+import re
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from runs_app import relay, services
+from runs_app.assistants import AssistantsClient
+from runs_app.models import Message, OperatorAction, Run
+from tests.client_helpers import connection_settings
+from tests.run_sequences import FUNCTION_TOOL
+
+pytestmark = pytest.mark.django_db
+
+FRAME = re.compile(rb"event: ([^\n]+)\ndata: ([^\n]*)\n\n")
+
+
+@pytest.fixture
+def assistant(emulator):
+    client = AssistantsClient("setup", settings=connection_settings("azure_openai", emulator))
+    return client._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [FUNCTION_TOOL]})
+
+
+def frames(chunks):
+    body = b"".join(chunks)
+    return [(name.decode(), data.decode()) for name, data in FRAME.findall(body)], body
+
+
+def test_relay_re_emits_events_and_mirrors_them(mirror_settings, assistant, operator=None):
+    stream = relay.thread_and_run_create_stream(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": "get_weather in Oslo"}]})
+    events, body = frames(stream)
+    names = [n for n, _ in events]
+    assert names[:2] == ["thread.created", "thread.run.created"]
+    assert names[-2:] == ["thread.run.requires_action", "done"] and events[-1][1] == "[DONE]"
+    assert body.endswith(b"event: done\ndata: [DONE]\n\n")
+    run = Run.objects.get(remote_id=stream.run_remote_id)
+    assert run.status == "requires_action" and run.steps.filter(type="tool_calls").exists()
+    assert OperatorAction.objects.get(action="create_thread_and_run").run == run
+    call = run.pending_tool_calls[0]
+    follow = relay.run_submit_tool_outputs_stream(run=run, tool_outputs=[{"tool_call_id": call["id"],
+                                                                          "output": "sunny"}])
+    events, _ = frames(follow)
+    assert [n for n, _ in events][-2:] == ["thread.run.completed", "done"]
+    run.refresh_from_db()
+    assert run.status == "completed"
+    answer = Message.objects.get(run=run, role="assistant")
+    assert "sunny" in answer.text and answer.status == "completed"
+
+
+def test_relay_validates_before_the_first_byte(mirror_settings, assistant):
+    thread = services.thread_create()
+    with pytest.raises(ValidationError):
+        relay.run_create_stream(thread=thread, assistant_id=assistant["id"], metadata={"k" * 65: "v"})
+    assert not Run.objects.exists()
+
+
+def test_cut_upstream_gives_an_error_event_and_the_poller_takes_over(mirror_settings, emulator, assistant):
+    thread = services.thread_create(messages=[{"role": "user", "content": "long [words:30]"}])
+    emulator.set_faults({"cut": {"p": 1.0, "after": 4}, "times": 1})
+    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    events, _ = frames(stream)
+    assert [n for n, _ in events][:4] == ["thread.run.created", "thread.run.queued", "thread.run.in_progress",
+                                          "thread.run.step.created"]
+    assert events[-1][0] == "error" and "stream_interrupted" in events[-1][1]
+    run = Run.objects.get(remote_id=stream.run_remote_id)
+    assert run.next_poll_at is not None and not stream.finished
+
+
+def test_client_going_away_hands_the_run_to_the_poller(mirror_settings, assistant):
+    thread = services.thread_create(messages=[{"role": "user", "content": "slow [slow:30]"}])
+    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    iterator = iter(stream)
+    first = next(iterator)
+    assert first.startswith(b"event: thread.run.created")
+    iterator.close()  # what Django does when the browser disconnects
+    run = Run.objects.get(remote_id=stream.run_remote_id)
+    assert run.status == "queued" and run.next_poll_at is not None
+
+
+def test_heartbeat_while_the_service_is_silent(mirror_settings, assistant):
+    thread = services.thread_create(messages=[{"role": "user", "content": "think [slow:30]"}])
+    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    stream._heartbeat = 0.05
+    iterator = iter(stream)
+    chunks = [next(iterator) for _ in range(12)]
+    iterator.close()
+    assert b": heartbeat\n\n" in chunks
+
+
+def test_sse_response_headers(mirror_settings, assistant):
+    thread = services.thread_create()
+    response = relay.sse_response(relay.run_create_stream(thread=thread, assistant_id=assistant["id"]))
+    assert response["Content-Type"] == "text/event-stream"
+    assert response["Cache-Control"] == "no-cache" and response["X-Accel-Buffering"] == "no"
+    b"".join(response.streaming_content)
