@@ -29,7 +29,7 @@ from runs_app import services, sync
 from runs_app.assistants import AssistantsError, EventStream
 from runs_app.conf import app_settings
 from runs_app.models import Run, Source, Thread
-from runs_app.services import _Audit, _real_user, get_client, validate_metadata, validate_tool_outputs
+from runs_app.services import ActionAudit, get_client, real_user, validate_metadata, validate_tool_outputs
 from runs_app.sync import Observation
 
 logger = logging.getLogger("runs_app.relay")
@@ -41,7 +41,7 @@ _END = object()
 class Relay:
     """Iterate to get SSE bytes. Applies events to the mirror on the iterating thread."""
 
-    def __init__(self, stream: EventStream, *, connection: str, audit: _Audit | None = None,
+    def __init__(self, stream: EventStream, *, connection: str, audit: ActionAudit | None = None,
                  heartbeat: float = HEARTBEAT_SECONDS):
         self._stream = stream
         self._connection = connection
@@ -142,7 +142,7 @@ def run_create_stream(*, thread: Thread, assistant_id: str, user=None, **fields)
         raise ValidationError({"assistant_id": ["Choose an assistant."]})
     fields["metadata"] = validate_metadata(fields.get("metadata")) or None
     sent = {"assistant_id": assistant_id, "stream": True, **{k: v for k, v in fields.items() if v is not None}}
-    audit = _Audit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
+    audit = ActionAudit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
                    thread=thread, sent=sent)
     with audit:
         stream = get_client(thread.connection).create_run_stream(thread.remote_id, assistant_id=assistant_id,
@@ -162,7 +162,7 @@ def thread_and_run_create_stream(*, assistant_id: str, connection: str | None = 
         validate_metadata(thread["metadata"], field="thread.metadata")
     sent = {"assistant_id": assistant_id, "thread": thread, "stream": True,
             **{k: v for k, v in fields.items() if v is not None}}
-    audit = _Audit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
+    audit = ActionAudit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
                    sent=sent)
     with audit:
         stream = get_client(connection).create_thread_and_run_stream(assistant_id=assistant_id, thread=thread,
@@ -172,12 +172,12 @@ def thread_and_run_create_stream(*, assistant_id: str, connection: str | None = 
 
 def run_submit_tool_outputs_stream(*, run: Run, tool_outputs: list[dict], user=None) -> Relay:
     outputs = validate_tool_outputs(run, tool_outputs)
-    audit = _Audit(action="submit_tool_outputs", connection=run.connection, target=run.remote_id,
-                   user=_real_user(user), run=run, sent={"tool_outputs": outputs, "stream": True})
+    audit = ActionAudit(action="submit_tool_outputs", connection=run.connection, target=run.remote_id,
+                   user=real_user(user), run=run, sent={"tool_outputs": outputs, "stream": True})
     with audit:
         stream = get_client(run.connection).submit_tool_outputs_stream(run.thread.remote_id, run.remote_id,
                                                                        tool_outputs=outputs)
-    services._mark_answered(run, [o["tool_call_id"] for o in outputs])
+    services.mark_answered(run, [o["tool_call_id"] for o in outputs])
     relay = Relay(stream, connection=run.connection)
     relay.run_remote_id = run.remote_id
     audit.succeeded({"stream": True, "run_id": run.remote_id}, run=run)

@@ -102,13 +102,13 @@ def redact(value: Any) -> Any:
 
 # --- audit ------------------------------------------------------------------------------------------
 
-class _Audit:
+class ActionAudit:
     """Records one operator action: the request before it is sent, the answer or error after."""
 
     def __init__(self, *, action: str, connection: str, target: str, user=None, run: Run | None = None,
                  thread: Thread | None = None, sent: dict | None = None):
         self.action = OperatorAction.objects.create(
-            action=action, connection=connection, target=target, user=_real_user(user), run=run, thread=thread,
+            action=action, connection=connection, target=target, user=real_user(user), run=run, thread=thread,
             sent=redact(sent or {}),
         )
 
@@ -144,7 +144,7 @@ class _Audit:
                                     observed_at=self.action.at)
 
 
-def _real_user(user):
+def real_user(user):
     return user if user is not None and getattr(user, "is_authenticated", False) else None
 
 
@@ -155,7 +155,8 @@ def thread_create(*, connection: str | None = None, messages: list | None = None
     connection = connection or app_settings.DEFAULT_CONNECTION
     metadata = validate_metadata(metadata)
     sent = {"messages": messages, "tool_resources": tool_resources, "metadata": metadata}
-    with _Audit(action="create_thread", connection=connection, target="(new thread)", user=user, sent=sent) as audit:
+    with ActionAudit(action="create_thread", connection=connection, target="(new thread)", user=user,
+                     sent=sent) as audit:
         started = timezone.now()
         payload = get_client(connection).create_thread(messages=messages, tool_resources=tool_resources,
                                                        metadata=metadata or None)
@@ -172,7 +173,7 @@ def thread_import(*, thread_id: str, connection: str | None = None, user=None) -
     thread_id = (thread_id or "").strip()
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,128}", thread_id):
         raise ValidationError({"thread_id": ["Give a thread id such as thread_abc123."]})
-    with _Audit(action="import_thread", connection=connection, target=thread_id, user=user,
+    with ActionAudit(action="import_thread", connection=connection, target=thread_id, user=user,
                 sent={"thread_id": thread_id}) as audit:
         thread, counts = thread_sync(connection=connection, thread_id=thread_id, source=Source.IMPORT)
         audit.succeeded({"thread_id": thread_id, **counts}, thread=thread)
@@ -207,12 +208,12 @@ def run_create(*, thread: Thread, assistant_id: str, user=None, **fields) -> Run
         raise ValidationError({"assistant_id": ["Choose an assistant."]})
     fields["metadata"] = validate_metadata(fields.get("metadata")) or None
     sent = {"assistant_id": assistant_id, **{k: v for k, v in fields.items() if v is not None}}
-    with _Audit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
+    with ActionAudit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
                 thread=thread, sent=sent) as audit:
         started = timezone.now()
         payload = get_client(thread.connection).create_run(thread.remote_id, assistant_id=assistant_id, **fields)
         run = sync.apply_run(payload, connection=thread.connection, seen=Observation.now(Source.ACTION, started),
-                             user=_real_user(user)).row
+                             user=real_user(user)).row
         audit.action.target = run.remote_id
         audit.succeeded(payload, run=run, thread=thread)
     _wake_poller()
@@ -228,12 +229,12 @@ def thread_and_run_create(*, assistant_id: str, connection: str | None = None, t
     if thread and "metadata" in thread:
         validate_metadata(thread["metadata"], field="thread.metadata")
     sent = {"assistant_id": assistant_id, "thread": thread, **{k: v for k, v in fields.items() if v is not None}}
-    with _Audit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
+    with ActionAudit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
                 sent=sent) as audit:
         started = timezone.now()
         payload = get_client(connection).create_thread_and_run(assistant_id=assistant_id, thread=thread, **fields)
         seen = Observation.now(Source.ACTION, started)
-        run = sync.apply_run(payload, connection=connection, seen=seen, user=_real_user(user)).row
+        run = sync.apply_run(payload, connection=connection, seen=seen, user=real_user(user)).row
         audit.action.target = run.remote_id
         audit.succeeded(payload, run=run, thread=run.thread)
     _wake_poller()
@@ -243,7 +244,7 @@ def thread_and_run_create(*, assistant_id: str, connection: str | None = None, t
 def run_cancel(*, run: Run, user=None) -> Run:
     if run.is_terminal:
         raise ValidationError({"run": [f"Run {run.remote_id} is already {run.status}; it cannot be cancelled."]})
-    with _Audit(action="cancel_run", connection=run.connection, target=run.remote_id, user=user, run=run) as audit:
+    with ActionAudit(action="cancel_run", connection=run.connection, target=run.remote_id, user=user, run=run) as audit:
         started = timezone.now()
         payload = get_client(run.connection).cancel_run(run.thread.remote_id, run.remote_id)
         run = _apply_action_answer(payload, run, started, user)
@@ -253,7 +254,7 @@ def run_cancel(*, run: Run, user=None) -> Run:
 
 def run_modify_metadata(*, run: Run, metadata: dict, user=None) -> Run:
     metadata = validate_metadata(metadata)
-    with _Audit(action="modify_metadata", connection=run.connection, target=run.remote_id, user=user, run=run,
+    with ActionAudit(action="modify_metadata", connection=run.connection, target=run.remote_id, user=user, run=run,
                 sent={"metadata": metadata}) as audit:
         started = timezone.now()
         payload = get_client(run.connection).modify_run(run.thread.remote_id, run.remote_id, metadata=metadata)
@@ -264,12 +265,12 @@ def run_modify_metadata(*, run: Run, metadata: dict, user=None) -> Run:
 
 def run_submit_tool_outputs(*, run: Run, tool_outputs: list[dict], user=None) -> Run:
     outputs = validate_tool_outputs(run, tool_outputs)
-    with _Audit(action="submit_tool_outputs", connection=run.connection, target=run.remote_id, user=user, run=run,
+    with ActionAudit(action="submit_tool_outputs", connection=run.connection, target=run.remote_id, user=user, run=run,
                 sent={"tool_outputs": outputs}) as audit:
         started = timezone.now()
         payload = get_client(run.connection).submit_tool_outputs(run.thread.remote_id, run.remote_id,
                                                                  tool_outputs=outputs)
-        _mark_answered(run, [o["tool_call_id"] for o in outputs])
+        mark_answered(run, [o["tool_call_id"] for o in outputs])
         run = _apply_action_answer(payload, run, started, user)
         audit.succeeded(payload, run=run)
     _wake_poller()
@@ -278,7 +279,8 @@ def run_submit_tool_outputs(*, run: Run, tool_outputs: list[dict], user=None) ->
 
 def run_refresh(*, run: Run, user=None) -> Run:
     """Fetch the run, its steps and its messages now (an operator's refresh)."""
-    with _Audit(action="refresh_run", connection=run.connection, target=run.remote_id, user=user, run=run) as audit:
+    with ActionAudit(action="refresh_run", connection=run.connection, target=run.remote_id, user=user,
+                     run=run) as audit:
         run = run_poll(run=run, source=Source.ACTION, force_details=True)
         audit.succeeded({"status": run.status}, run=run)
     return run
@@ -320,10 +322,10 @@ def run_details_sync(*, run: Run, client: AssistantsClient | None = None, source
 
 def _apply_action_answer(payload: dict, run: Run, started, user) -> Run:
     return sync.apply_run(payload, connection=run.connection, seen=Observation.now(Source.ACTION, started),
-                          user=_real_user(user)).row
+                          user=real_user(user)).row
 
 
-def _mark_answered(run: Run, ids: list[str]) -> None:
+def mark_answered(run: Run, ids: list[str]) -> None:
     with transaction.atomic():
         locked = Run.objects.select_for_update().get(pk=run.pk)
         locked.answered_call_ids = sorted(set(locked.answered_call_ids or []) | set(ids))
