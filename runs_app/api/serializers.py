@@ -1,0 +1,315 @@
+"""Representations in the service's own field names and shapes, plus a ``mirror`` object; request bodies.
+
+Output serializers only read the mirror. Request serializers check types and shapes only; the services
+check the rest (metadata limits, pending tool calls) and the service itself has the final word.
+"""
+
+from __future__ import annotations
+
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from runs_app.models import Run, RunEvent, RunStep
+
+MAX_INT = 2**31 - 1
+
+
+@extend_schema_field({"type": "integer", "nullable": True, "description": "Unix time in seconds."})
+class UnixTimeField(serializers.Field):
+    def __init__(self, **kwargs):
+        super().__init__(read_only=True, **kwargs)
+
+    def to_representation(self, value):
+        return int(value.timestamp())
+
+
+@extend_schema_field({"type": "string", "nullable": True})
+class BlankAsNullField(serializers.Field):
+    """The mirror stores absent strings as ''; the protocol says null."""
+
+    def __init__(self, **kwargs):
+        super().__init__(read_only=True, **kwargs)
+
+    def to_representation(self, value):
+        return value or None
+
+
+def _usage(row) -> dict | None:
+    raw = row.raw.get("usage") if isinstance(row.raw, dict) else None
+    if row.total_tokens is None and not isinstance(raw, dict):
+        return None
+    columns = {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+               "total_tokens": row.total_tokens}
+    return {**(raw if isinstance(raw, dict) else {}), **{k: v for k, v in columns.items() if v is not None}}
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField(required=False)
+    completion_tokens = serializers.IntegerField(required=False)
+    total_tokens = serializers.IntegerField(required=False)
+
+
+# --- the mirror object --------------------------------------------------------------------------------
+
+class MirrorSerializer(serializers.Serializer):
+    connection = serializers.CharField(read_only=True, help_text="The RUNS_APP connection the object lives on.")
+    synced_at = serializers.DateTimeField(read_only=True, allow_null=True,
+                                          help_text="Last time the mirror applied a payload of this object.")
+    first_seen_at = serializers.DateTimeField(read_only=True)
+
+
+class ThreadMirrorSerializer(MirrorSerializer):
+    tracked = serializers.BooleanField(read_only=True,
+                                       help_text="Runs created elsewhere on this thread are discovered.")
+
+
+class RunMirrorSerializer(MirrorSerializer):
+    lag_seconds = serializers.SerializerMethodField(
+        help_text="Seconds since the last sync while the run is active; null once terminal or never synced.")
+    status_changed_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    next_poll_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    polls = serializers.IntegerField(read_only=True)
+    stuck = serializers.SerializerMethodField(help_text="In queued/in_progress/cancelling longer than STUCK_AFTER.")
+    stuck_since = serializers.DateTimeField(read_only=True, allow_null=True)
+    expiring = serializers.SerializerMethodField(help_text="Waiting in requires_action close to expires_at.")
+    answered_call_ids = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    @extend_schema_field({"type": "number", "nullable": True})
+    def get_lag_seconds(self, run: Run) -> float | None:
+        if run.is_terminal or run.synced_at is None:
+            return None
+        return round((timezone.now() - run.synced_at).total_seconds(), 3)
+
+    def get_stuck(self, run: Run) -> bool:
+        return not run.is_terminal and run.stuck_since is not None
+
+    def get_expiring(self, run: Run) -> bool:
+        return run.status == "requires_action" and run.expiring_flagged_at is not None
+
+
+# --- objects --------------------------------------------------------------------------------------------
+
+class ThreadSerializer(serializers.Serializer):
+    id = serializers.CharField(source="remote_id", read_only=True)
+    object = serializers.SerializerMethodField()
+    created_at = UnixTimeField()
+    metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
+    tool_resources = serializers.JSONField(read_only=True, allow_null=True)
+    mirror = ThreadMirrorSerializer(source="*", read_only=True)
+
+    @extend_schema_field({"type": "string", "pattern": "^thread$"})
+    def get_object(self, _) -> str:
+        return "thread"
+
+
+class RunSerializer(serializers.Serializer):
+    id = serializers.CharField(source="remote_id", read_only=True)
+    object = serializers.SerializerMethodField()
+    created_at = UnixTimeField()
+    thread_id = serializers.CharField(source="thread_remote_id", read_only=True)
+    assistant_id = serializers.CharField(read_only=True)
+    status = serializers.ChoiceField(choices=Run._meta.get_field("status").choices, read_only=True)
+    required_action = serializers.JSONField(read_only=True, allow_null=True)
+    last_error = serializers.JSONField(read_only=True, allow_null=True)
+    expires_at = UnixTimeField()
+    started_at = UnixTimeField()
+    cancelled_at = UnixTimeField()
+    failed_at = UnixTimeField()
+    completed_at = UnixTimeField()
+    incomplete_details = serializers.JSONField(read_only=True, allow_null=True)
+    model = serializers.CharField(read_only=True)
+    instructions = serializers.CharField(read_only=True)
+    tools = serializers.ListField(child=serializers.JSONField(), read_only=True)
+    tool_resources = serializers.JSONField(read_only=True, allow_null=True)
+    metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
+    usage = serializers.SerializerMethodField()
+    temperature = serializers.FloatField(read_only=True, allow_null=True)
+    top_p = serializers.FloatField(read_only=True, allow_null=True)
+    max_prompt_tokens = serializers.IntegerField(read_only=True, allow_null=True)
+    max_completion_tokens = serializers.IntegerField(read_only=True, allow_null=True)
+    truncation_strategy = serializers.JSONField(read_only=True, allow_null=True)
+    tool_choice = serializers.JSONField(read_only=True, allow_null=True)
+    response_format = serializers.JSONField(read_only=True, allow_null=True)
+    parallel_tool_calls = serializers.BooleanField(read_only=True, allow_null=True)
+    mirror = RunMirrorSerializer(source="*", read_only=True)
+
+    @extend_schema_field({"type": "string", "pattern": "^thread\\.run$"})
+    def get_object(self, _) -> str:
+        return "thread.run"
+
+    @extend_schema_field(UsageSerializer(allow_null=True))
+    def get_usage(self, run: Run) -> dict | None:
+        return _usage(run)
+
+
+class RunStepSerializer(serializers.Serializer):
+    id = serializers.CharField(source="remote_id", read_only=True)
+    object = serializers.SerializerMethodField()
+    created_at = UnixTimeField()
+    run_id = serializers.CharField(source="run.remote_id", read_only=True)
+    assistant_id = serializers.SerializerMethodField()
+    thread_id = serializers.CharField(source="run.thread_remote_id", read_only=True)
+    type = serializers.CharField(read_only=True)
+    status = serializers.CharField(read_only=True)
+    step_details = serializers.JSONField(read_only=True)
+    last_error = serializers.JSONField(read_only=True, allow_null=True)
+    expires_at = UnixTimeField()
+    cancelled_at = UnixTimeField()
+    failed_at = UnixTimeField()
+    completed_at = UnixTimeField()
+    metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
+    usage = serializers.SerializerMethodField()
+    mirror = MirrorSerializer(source="*", read_only=True)
+
+    @extend_schema_field({"type": "string", "pattern": "^thread\\.run\\.step$"})
+    def get_object(self, _) -> str:
+        return "thread.run.step"
+
+    @extend_schema_field({"type": "string", "nullable": True})
+    def get_assistant_id(self, step: RunStep) -> str | None:
+        return step.raw.get("assistant_id") or step.run.assistant_id or None
+
+    @extend_schema_field(UsageSerializer(allow_null=True))
+    def get_usage(self, step: RunStep) -> dict | None:
+        return _usage(step)
+
+
+class MessageSerializer(serializers.Serializer):
+    id = serializers.CharField(source="remote_id", read_only=True)
+    object = serializers.SerializerMethodField()
+    created_at = UnixTimeField()
+    thread_id = serializers.CharField(source="thread.remote_id", read_only=True)
+    status = BlankAsNullField()
+    incomplete_details = serializers.JSONField(read_only=True, allow_null=True)
+    completed_at = UnixTimeField()
+    incomplete_at = UnixTimeField()
+    role = serializers.CharField(read_only=True)
+    content = serializers.ListField(child=serializers.JSONField(), read_only=True)
+    assistant_id = BlankAsNullField()
+    run_id = BlankAsNullField(source="run_remote_id")
+    attachments = serializers.ListField(child=serializers.JSONField(), read_only=True)
+    metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
+    mirror = MirrorSerializer(source="*", read_only=True)
+
+    @extend_schema_field({"type": "string", "pattern": "^thread\\.message$"})
+    def get_object(self, _) -> str:
+        return "thread.message"
+
+
+class OperatorActionSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    at = serializers.DateTimeField(read_only=True)
+    action = serializers.CharField(read_only=True)
+    succeeded = serializers.BooleanField(read_only=True)
+    sent = serializers.JSONField(read_only=True, help_text="What was sent, secret-looking values redacted.")
+    answer = serializers.JSONField(read_only=True, allow_null=True)
+    error = serializers.CharField(read_only=True)
+    request_id = serializers.CharField(read_only=True)
+
+
+class RunEventSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    kind = serializers.ChoiceField(choices=RunEvent.Kind.choices, read_only=True)
+    from_status = BlankAsNullField()
+    to_status = BlankAsNullField()
+    source = serializers.CharField(read_only=True)
+    observed_at = serializers.DateTimeField(read_only=True)
+    user = serializers.SerializerMethodField()
+    action = OperatorActionSerializer(source="operator_action", read_only=True, allow_null=True)
+
+    @extend_schema_field({"type": "string", "nullable": True})
+    def get_user(self, event: RunEvent) -> str | None:
+        return event.user.get_username() if event.user_id else None
+
+
+# --- request bodies -----------------------------------------------------------------------------------
+# Each has its own name: drf-spectacular names components after the serializer class.
+
+class StrictCharField(serializers.CharField):
+    """A string, never a number turned into one (the service refuses non-string metadata values)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def _metadata_field(*, required=False, **kwargs):
+    return serializers.DictField(
+        child=StrictCharField(allow_blank=True, trim_whitespace=False), required=required, **kwargs,
+        help_text="Up to 16 string keys (64 characters) with string values (512 characters).")
+
+
+class MessageCreateRequestSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    content = serializers.JSONField(help_text="A string, or a list of content parts.")
+    attachments = serializers.ListField(child=serializers.DictField(), required=False, allow_null=True)
+    metadata = _metadata_field(allow_null=True)
+
+
+class ThreadCreateRequestSerializer(serializers.Serializer):
+    messages = MessageCreateRequestSerializer(many=True, required=False)
+    tool_resources = serializers.DictField(required=False, allow_null=True)
+    metadata = _metadata_field(allow_null=True)
+
+
+class ThreadImportRequestSerializer(serializers.Serializer):
+    thread_id = serializers.CharField(max_length=128, help_text="The service's thread id, e.g. thread_abc123.")
+
+
+class RunCreateRequestSerializer(serializers.Serializer):
+    assistant_id = serializers.CharField(max_length=128)
+    model = serializers.CharField(max_length=128, required=False, allow_null=True)
+    instructions = serializers.CharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False)
+    additional_instructions = serializers.CharField(required=False, allow_null=True, allow_blank=True,
+                                                    trim_whitespace=False)
+    additional_messages = MessageCreateRequestSerializer(many=True, required=False, allow_null=True)
+    tools = serializers.ListField(child=serializers.DictField(), required=False, allow_null=True)
+    metadata = _metadata_field(allow_null=True)
+    temperature = serializers.FloatField(min_value=0, max_value=2, required=False, allow_null=True)
+    top_p = serializers.FloatField(min_value=0, max_value=1, required=False, allow_null=True)
+    max_prompt_tokens = serializers.IntegerField(min_value=1, max_value=MAX_INT, required=False, allow_null=True)
+    max_completion_tokens = serializers.IntegerField(min_value=1, max_value=MAX_INT, required=False,
+                                                     allow_null=True)
+    truncation_strategy = serializers.DictField(required=False, allow_null=True)
+    tool_choice = serializers.JSONField(required=False, allow_null=True,
+                                        help_text='"none", "auto", "required" or {"type": "function", ...}.')
+    response_format = serializers.JSONField(required=False, allow_null=True,
+                                            help_text='"auto" or {"type": "json_object" | "json_schema", ...}.')
+    parallel_tool_calls = serializers.BooleanField(required=False, allow_null=True)
+    stream = serializers.BooleanField(required=False, default=False,
+                                      help_text="true: the response is the service's event stream.")
+
+
+class ThreadAndRunCreateRequestSerializer(RunCreateRequestSerializer):
+    additional_instructions = None
+    additional_messages = None
+    thread = ThreadCreateRequestSerializer(required=False, allow_null=True)
+    tool_resources = serializers.DictField(required=False, allow_null=True)
+
+
+class RunMetadataUpdateRequestSerializer(serializers.Serializer):
+    metadata = _metadata_field(required=True)
+
+
+class ToolOutputRequestSerializer(serializers.Serializer):
+    tool_call_id = serializers.CharField(max_length=128)
+    output = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+
+class ToolOutputsSubmitRequestSerializer(serializers.Serializer):
+    tool_outputs = ToolOutputRequestSerializer(many=True, allow_empty=False)
+    stream = serializers.BooleanField(required=False, default=False,
+                                      help_text="true: the response is the service's event stream.")
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    code = serializers.CharField(allow_null=True)
+    param = serializers.CharField(allow_null=True, help_text="The field that was wrong, when one was.")
+    request_id = serializers.CharField(allow_null=True, help_text="The service's request id, for its errors.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
