@@ -391,7 +391,7 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(Run)
 class RunAdmin(ReadOnlyAdmin):
-    list_display = ("run_id", "thread_id", "assistant_id", "model", "status_badge", "created_at", "duration",
+    list_display = ("run_id", "thread_id", "assistant_id", "model", "status_badge", "created", "duration",
                     "tokens", "time_left")
     list_display_links = ("run_id",)
     list_filter = ("status", ConnectionFilter, AssistantFilter, ModelFilter, ("created_at", admin.DateFieldListFilter),
@@ -445,11 +445,17 @@ class RunAdmin(ReadOnlyAdmin):
 
     def get_search_results(self, request, queryset, search_term):
         term = search_term.strip()
-        # An exact id uses the unique index instead of a LIKE over every row.
+        # An exact id uses an index instead of a LIKE over every row. The unique indexes lead with the
+        # connection, so the lookup names the connections (configured ones and any the sync engine knew).
         if term and " " not in term:
-            for prefix, field in (("run_", "remote_id"), ("thread_", "thread__remote_id"), ("asst_", "assistant_id")):
-                if term.startswith(prefix):
-                    return queryset.filter(**{field: term}), False
+            known = sorted(set(app_settings.CONNECTIONS) | set(ConnectionState.objects.values_list("connection",
+                                                                                                   flat=True)))
+            if term.startswith("run_"):
+                return queryset.filter(connection__in=known, remote_id=term), False
+            if term.startswith("thread_"):
+                return queryset.filter(thread__connection__in=known, thread__remote_id=term), False
+            if term.startswith("asst_"):
+                return queryset.filter(assistant_id=term), False
         return super().get_search_results(request, queryset, search_term)
 
     # -- list columns --
@@ -465,6 +471,10 @@ class RunAdmin(ReadOnlyAdmin):
     @admin.display(description="status", ordering="status")
     def status_badge(self, run):
         return status_badge(run.status)
+
+    @admin.display(description="created (UTC)", ordering="created_at")
+    def created(self, run):
+        return run.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if run.created_at else "—"
 
     @admin.display(description="duration")
     def duration(self, run):

@@ -32,7 +32,7 @@ def page(chromium_path, monkeypatch):
                   "--disable-sync", "--no-first-run", "--disable-quic"],
         )
         try:
-            yield browser.new_page(viewport={"width": 1600, "height": 1000})
+            yield browser.new_page(viewport={"width": 1800, "height": 1000})
         finally:
             # Inside playwright's event loop asgiref gives this context its own database connection:
             # close it here, or PostgreSQL cannot drop the test database.
