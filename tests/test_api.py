@@ -310,6 +310,7 @@ def test_cancel(mirror_settings, api, assistant, operator):
     response = api.post(f"/api/runs/{run.remote_id}/cancel/")
     assert response.status_code == 200 and response.json()["status"] == "cancelling"
     assert OperatorAction.objects.get(action="cancel_run").user == operator
+    assert_error(api.post(f"/api/runs/{run.remote_id}/cancel/"), 409, "run_id")  # already cancelling
     settle(run)
     error = assert_error(api.post(f"/api/runs/{run.remote_id}/cancel/"), 409, "run_id")
     assert "already cancelled" in error["message"]

@@ -266,7 +266,7 @@ class RunCancelView(RunsAPIView):
                    responses={200: api.RunSerializer, **WRITE_ERRORS})
     def post(self, request, run_id):
         run = get_run(run_id)
-        if run.is_terminal:
+        if run.is_terminal or run.status == RunStatus.CANCELLING:
             raise RunStateConflict(f"Run {run.remote_id} is already {run.status}; it cannot be cancelled.",
                                    param="run_id")
         return run_response(services.run_cancel(run=run, user=request.user))

@@ -1,0 +1,77 @@
+"""The OpenAPI schema holds against the live API: schemathesis generates requests for every operation from
+``/api/schema/`` and sends them through the WSGI application as an authenticated staff user (backed by the
+emulator), checking for no server errors and for responses that match the schema (status, content type, body)."""
+
+import base64
+
+import pytest
+import schemathesis
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import checks
+
+from project.wsgi import application
+from runs_app import services
+from runs_app.assistants import AssistantsClient
+from runs_app.models import Run
+from tests.client_helpers import connection_settings, wait_for
+from tests.run_sequences import FUNCTION_TOOL
+
+pytestmark = pytest.mark.django_db
+
+CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
+          checks.response_schema_conformance, checks.response_headers_conformance, checks.ignored_auth]
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"schema-staff:pw").decode()}
+EXAMPLES_PER_OPERATION = 10
+
+
+@pytest.fixture
+def wsgi_in_test_transaction():
+    """Like Django's test client: requests must not close the connection holding the test's transaction."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield application
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def seeded(mirror_settings, emulator, django_user_model):
+    django_user_model.objects.create_superuser("schema-staff", "s@example.com", "pw")
+    remote = AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
+    assistant = remote._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [FUNCTION_TOOL]})
+    waiting = services.thread_and_run_create(assistant_id=assistant["id"], metadata={"team": "ops"},
+                                             thread={"messages": [{"role": "user", "content": "get_weather"}]})
+    wait_for(lambda: services.run_poll(run=Run.objects.get(pk=waiting.pk)).status == "requires_action")
+    done = services.thread_and_run_create(assistant_id=assistant["id"],
+                                          thread={"messages": [{"role": "user", "content": "hello"}]})
+    wait_for(lambda: services.run_poll(run=Run.objects.get(pk=done.pk)).status == "completed")
+    services.run_refresh(run=Run.objects.get(pk=done.pk))
+    step = Run.objects.get(pk=done.pk).steps.first()
+    return {"thread_id": done.thread.remote_id, "run_id": waiting.remote_id, "step_id": step.remote_id}
+
+
+def test_every_operation_conforms_to_the_schema(seeded, wsgi_in_test_transaction):
+    schema = schemathesis.openapi.from_wsgi("/api/schema/", wsgi_in_test_transaction, headers=AUTH)
+    failures, operations = [], 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+        path_names = [p.name for p in operation.path_parameters]
+        strategies = [operation.as_strategy()]
+        if path_names:  # random ids (404s) and the seeded ones (real rows)
+            strategies.append(operation.as_strategy(path_parameters={name: seeded[name] for name in path_names}))
+        for strategy in strategies:
+            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+            @given(case=strategy)
+            def call(case):
+                case.call_and_validate(headers=AUTH, checks=CHECKS)
+
+            try:
+                call()
+            except Exception as exc:  # collect every operation's failure, then report them all
+                failures.append(f"{operation.label}: {exc}")
+    assert operations == 17
+    assert not failures, "\n\n".join(failures)
