@@ -439,3 +439,27 @@ def test_stream_refusals_come_before_the_first_byte(mirror_settings, api, assist
     error = assert_error(api.post("/api/threads/runs/", {"assistant_id": "asst_nope", "stream": True},
                                   format="json"), 404)
     assert error["request_id"]
+
+
+def test_service_rate_limit_is_429_with_retry_after(mirror_settings, settings, emulator, api):
+    settings.RUNS_APP = {**mirror_settings, "MAX_RETRIES": 0}
+    emulator.set_faults({"429": 1.0})
+    response = api.post("/api/threads/", {}, format="json")
+    error = assert_error(response, 429)
+    assert error["request_id"] and response["Retry-After"] == "1"
+
+
+# --- schema and docs ----------------------------------------------------------------------------------------
+
+def test_schema_swagger_and_redoc_are_served_to_staff(api):
+    schema = api.get("/api/schema/?format=json").json()
+    assert schema["openapi"].startswith("3.") and len(schema["paths"]) == 14
+    assert "text/event-stream" in schema["paths"]["/api/threads/runs/"]["post"]["responses"]["200"]["content"]
+    assert api.get("/api/docs/").status_code == 200 and api.get("/api/redoc/").status_code == 200
+    assert APIClient().get("/api/schema/").status_code == 401
+
+
+def test_schema_generates_without_warnings(tmp_path):
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))
