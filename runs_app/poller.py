@@ -20,7 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F, Min, Q
+from django.db.models import Case, F, Min, Q, Value, When
 from django.utils import timezone
 
 from runs_app import services, signals
@@ -103,31 +103,90 @@ def release(run: Run, token: str, *, next_poll_at: dt.datetime | None) -> None:
 
 # --- polling one run --------------------------------------------------------------------------------
 
-def poll_claimed(run: Run, token: str) -> str:
-    """Poll one claimed run; returns the outcome ('ok', 'paused', 'gone', 'error')."""
-    now = timezone.now()
+def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = None) -> str:
+    """Poll one claimed run and release it; returns the outcome ('same', 'changed', 'paused', 'gone', 'error').
+
+    Most polls find nothing new: then one UPDATE records the observation, releases the claim and sets
+    the next poll. Only a changed run goes through the upsert (and, if needed, a fetch of its steps and
+    messages)."""
+    counters = counters if counters is not None else ConnectionCounters()
+    started = timezone.now()
     try:
-        run = services.run_poll(run=run, source=Source.POLL)
+        payload = services.get_client(run.connection).retrieve_run(run.thread.remote_id, run.remote_id)
     except RateLimited as exc:
         pause_connection(run.connection, exc.retry_after, str(exc))
-        release(run, token, next_poll_at=now + dt.timedelta(seconds=exc.retry_after or 1))
+        release(run, token, next_poll_at=started + dt.timedelta(seconds=exc.retry_after or 1))
         return "paused"
     except NotFound as exc:
         # The run or its thread is gone from the service (deleted, or past retention): stop polling it.
         logger.warning("%s: %s; no longer polled", run.remote_id, exc)
-        _record(run.connection, error=str(exc))
+        counters.failed(run.connection, str(exc))
         release(run, token, next_poll_at=None)
         return "gone"
     except AssistantsError as exc:
+        # The client already retried; try again a little later.
         logger.warning("%s: poll failed: %s", run.remote_id, exc)
-        _record(run.connection, error=str(exc))
-        failures = min(run.polls, 6)
-        release(run, token, next_poll_at=now + dt.timedelta(seconds=min(60, 2 ** failures)))
+        counters.failed(run.connection, str(exc))
+        release(run, token, next_poll_at=started + dt.timedelta(seconds=2 * float(app_settings.POLL_SLOW)))
         return "error"
-    _record(run.connection, ok=True)
+    counters.succeeded(run.connection)
+    received = timezone.now()
+    if payload == run.raw and _release_unchanged(run, token, started, received):
+        return "same"
+    try:
+        run = services.run_apply_polled(run=run, payload=payload, seen=Observation(Source.POLL, started, received))
+    except AssistantsError as exc:  # fetching the changed run's steps or messages failed: poll again soon
+        logger.warning("%s: details failed: %s", run.remote_id, exc)
+        release(run, token, next_poll_at=timezone.now() + dt.timedelta(seconds=float(app_settings.POLL_FAST)))
+        return "error"
     delay = next_poll_delay(run, timezone.now())
     release(run, token, next_poll_at=None if delay is None else timezone.now() + dt.timedelta(seconds=delay))
-    return "ok"
+    return "changed"
+
+
+def _release_unchanged(run: Run, token: str, started: dt.datetime, received: dt.datetime) -> bool:
+    """The poll saw the stored state again: record the observation and release, in one UPDATE. False if the
+    row moved meanwhile (another source changed it, or the claim lapsed): then the upsert decides."""
+    delay = next_poll_delay(run, received)
+    newer = Q(observed_to__isnull=True) | Q(observed_to__lt=started)
+    logger.debug("release %s %s", token, run.remote_id)
+    return bool(Run.objects.filter(pk=run.pk, claimed_by=token, status=run.status).update(
+        claimed_by="", claimed_until=None, polls=F("polls") + 1, synced_at=received,
+        next_poll_at=None if delay is None else received + dt.timedelta(seconds=delay),
+        observed_from=Case(When(newer, then=Value(started)), default=F("observed_from")),
+        observed_to=Case(When(newer, then=Value(received)), default=F("observed_to")),
+    ))
+
+
+class ConnectionCounters:
+    """Per-connection request outcomes of one lane pass, written to ConnectionState once per pass."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._ok: dict[str, int] = {}
+        self._errors: dict[str, tuple[int, str]] = {}
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._ok[name] = self._ok.get(name, 0) + 1
+
+    def failed(self, name: str, error: str) -> None:
+        with self._lock:
+            count, _ = self._errors.get(name, (0, ""))
+            self._errors[name] = (count + 1, error)
+
+    def flush(self) -> None:
+        with self._lock:
+            ok, errors, self._ok, self._errors = self._ok, self._errors, {}, {}
+        now = timezone.now()
+        for name in set(ok) | set(errors):
+            state, _ = ConnectionState.objects.get_or_create(connection=name)
+            changes = {"requests": F("requests") + ok.get(name, 0) + errors.get(name, (0, ""))[0]}
+            if name in ok:
+                changes["last_success_at"] = now
+            if name in errors:
+                changes.update(last_error_at=now, last_error=errors[name][1][:500])
+            ConnectionState.objects.filter(pk=state.pk).update(**changes)
 
 
 def pause_connection(name: str, seconds: float | None, reason: str) -> None:
@@ -218,11 +277,14 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
                 return stats
             runs = claim_due_runs(token)
             if runs:
+                counters = ConnectionCounters()
                 if pool is None:
                     for run in runs:
-                        poll_claimed(run, token)
+                        poll_claimed(run, token, counters)
                 else:
-                    list(pool.map(lambda r: _in_thread(poll_claimed, r, token), runs))
+                    list(pool.map(_in_thread, [poll_claimed] * len(runs), runs, [token] * len(runs),
+                                  [counters] * len(runs)))
+                counters.flush()
                 stats["polled"] += len(runs)
                 PollerLane.objects.filter(lane=lane).update(runs_polled=F("runs_polled") + len(runs))
             stats["discovered"] += discover_due_threads()
@@ -264,6 +326,23 @@ def _sleep_until_next_due(deadline: float) -> None:
     wait = max(0.05, min(wait, 0.5, deadline - time.monotonic()))
     if wait > 0:
         time.sleep(wait)
+
+
+_last_wake = 0.0
+
+
+def wake(*, throttle: bool = True) -> None:
+    """Make sure the lanes run: called when a new active run enters the mirror by any path, so it is
+    polled at once rather than at the next watchdog. With ``throttle``, at most one check per process every
+    few seconds. Never raises: if the broker is down, the per-minute watchdog starts the lanes later."""
+    global _last_wake
+    if throttle and time.monotonic() - _last_wake < 5:
+        return
+    _last_wake = time.monotonic()
+    try:
+        ensure_running()
+    except Exception as exc:  # the broker may be down; the per-minute watchdog will start the lanes
+        logger.warning("could not start the poll lanes: %s", exc)
 
 
 def ensure_running(*, force: bool = False) -> list[int]:

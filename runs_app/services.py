@@ -292,12 +292,24 @@ def run_poll(*, run: Run, source: str = Source.POLL, force_details: bool = False
     client = client or get_client(run.connection)
     started = timezone.now()
     payload = client.retrieve_run(run.thread.remote_id, run.remote_id)
-    applied = sync.apply_run(payload, connection=run.connection, seen=Observation.now(source, started))
-    run = applied.row
-    marker = details_marker(run)
-    if force_details or marker != run.steps_synced_for:
+    if force_details:
+        run = sync.apply_run(payload, connection=run.connection, seen=Observation.now(source, started)).row
         run_details_sync(run=run, client=client, source=source)
+        return run
+    return run_apply_polled(run=run, payload=payload, seen=Observation.now(source, started), client=client)
+
+
+def run_apply_polled(*, run: Run, payload: dict, seen: Observation, client: AssistantsClient | None = None) -> Run:
+    """Apply a polled run object, and fetch the run's steps and messages if it shows they changed."""
+    run = sync.apply_run(payload, connection=run.connection, seen=seen).row
+    if run.status in DETAIL_STATUSES and details_marker(run) != run.steps_synced_for:
+        run_details_sync(run=run, client=client, source=seen.source)
     return run
+
+
+#: Statuses at which a polled run's steps and messages are fetched (when they changed): where an operator
+#: needs them. While queued or in progress they are left to the next of these (or to a stream relay).
+DETAIL_STATUSES = frozenset({"requires_action", "completed", "failed", "cancelled", "expired", "incomplete"})
 
 
 def details_marker(run: Run) -> str:
@@ -336,4 +348,4 @@ def mark_answered(run: Run, ids: list[str]) -> None:
 def _wake_poller() -> None:
     from runs_app import poller
 
-    transaction.on_commit(poller.ensure_running)
+    transaction.on_commit(lambda: poller.wake(throttle=False))

@@ -181,6 +181,7 @@ def apply_run(payload: dict, *, connection: str, seen: Observation, user=None) -
             run.next_poll_at = None
         elif created or run.next_poll_at is None:
             run.next_poll_at = seen.received  # the poller takes it from here
+            transaction.on_commit(_wake_poller)
         run.save()
         if changed:
             RunEvent.objects.create(run=run, kind=RunEvent.Kind.STATUS, from_status=old_status or "",
@@ -208,6 +209,12 @@ def _fill_run(run: Run, payload: dict) -> None:
     run.prompt_tokens = usage.get("prompt_tokens")
     run.completion_tokens = usage.get("completion_tokens")
     run.total_tokens = usage.get("total_tokens")
+
+
+def _wake_poller() -> None:
+    from runs_app import poller
+
+    poller.wake()
 
 
 def _send_status_signals(run: Run, old_status: str | None, new_status: str, source: str) -> None:

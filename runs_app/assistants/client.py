@@ -8,6 +8,7 @@ retry and duplicate-run rules.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -45,16 +46,21 @@ KIND_LABELS = {KIND_AZURE_OPENAI: "Azure OpenAI", KIND_FOUNDRY_AGENTS: "Foundry 
 _sessions = threading.local()
 
 
-def _session_for(connection: str) -> requests.Session:
+def _session_for(connection: str, endpoint: str) -> requests.Session:
     """One pooled session per connection and thread (requests.Session is not thread-safe)."""
     pool = _sessions.__dict__.setdefault("by_connection", {})
-    session = pool.get(connection)
+    session = pool.get((connection, endpoint))
     if session is None:
         session = requests.Session()
+        # Proxy and CA-bundle environment variables are read once here, not on every request (requests
+        # re-reads them, and ~/.netrc, per request when trust_env is on: a large share of a poll's cost).
+        session.proxies.update(requests.utils.get_environ_proxies(endpoint))
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.trust_env = False
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        pool[connection] = session
+        pool[(connection, endpoint)] = session
     return session
 
 
@@ -337,7 +343,7 @@ class AssistantsClient:
         timeout = (self.connect_timeout, self.stream_idle_timeout if stream else self.read_timeout)
         started = time.monotonic()
         try:
-            response = _session_for(self.connection).request(
+            response = _session_for(self.connection, self.endpoint).request(
                 method, self._base + path, params=query, json=json, headers=headers, timeout=timeout, stream=stream
             )
         except requests.exceptions.RequestException as exc:
