@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import re
 import subprocess
 import sys
 
@@ -299,19 +299,19 @@ def test_fault_429_shape_and_control_endpoint(emulator):
 
 
 def test_cli_prints_listening_line_and_stops_on_sigterm():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # Port 0: the system picks a free port and the line names it (no race with other tests for a port).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator", "--port", str(port), "--speed", "20"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "emulator", "--port", "0", "--speed", "20"], stdout=subprocess.PIPE, text=True
     )
     try:
         line = proc.stdout.readline().strip()
-        assert line == f"Emulator listening on http://127.0.0.1:{port}"
+        match = re.fullmatch(r"Emulator listening on http://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        port = int(match.group(1))
         assert requests.get(f"http://127.0.0.1:{port}/openai/assistants?{AZ}", headers={"api-key": "x"}).ok
     finally:
         proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=30) == 0
 
 
 def test_drop_fault_applies_request_then_loses_response_and_match_times_target_one_request(emulator):
