@@ -29,7 +29,7 @@ from runs_app import services, sync
 from runs_app.assistants import AssistantsError, EventStream
 from runs_app.conf import app_settings
 from runs_app.models import Run, Source, Thread
-from runs_app.services import ActionAudit, get_client, real_user, validate_metadata, validate_tool_outputs
+from runs_app.services import ActionAudit, get_client, real_user, validate_run_request, validate_tool_outputs
 from runs_app.sync import Observation
 
 logger = logging.getLogger("runs_app.relay")
@@ -136,11 +136,7 @@ class Relay:
 # --- entry points -----------------------------------------------------------------------------------
 
 def run_create_stream(*, thread: Thread, assistant_id: str, user=None, **fields) -> Relay:
-    if not assistant_id:
-        from django.core.exceptions import ValidationError
-
-        raise ValidationError({"assistant_id": ["Choose an assistant."]})
-    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
+    validate_run_request(assistant_id, fields)
     sent = {"assistant_id": assistant_id, "stream": True, **{k: v for k, v in fields.items() if v is not None}}
     audit = ActionAudit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
                    thread=thread, sent=sent)
@@ -153,13 +149,7 @@ def run_create_stream(*, thread: Thread, assistant_id: str, user=None, **fields)
 def thread_and_run_create_stream(*, assistant_id: str, connection: str | None = None, thread: dict | None = None,
                                  user=None, **fields) -> Relay:
     connection = connection or app_settings.DEFAULT_CONNECTION
-    if not assistant_id:
-        from django.core.exceptions import ValidationError
-
-        raise ValidationError({"assistant_id": ["Choose an assistant."]})
-    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
-    if thread and "metadata" in thread:
-        validate_metadata(thread["metadata"], field="thread.metadata")
+    validate_run_request(assistant_id, fields, thread=thread)
     sent = {"assistant_id": assistant_id, "thread": thread, "stream": True,
             **{k: v for k, v in fields.items() if v is not None}}
     audit = ActionAudit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,

@@ -61,6 +61,15 @@ def validate_metadata(metadata: Any, *, field: str = "metadata") -> dict:
     return metadata
 
 
+def validate_run_request(assistant_id: str, fields: dict, *, thread: dict | None = None) -> None:
+    """What a create-run (or create-thread-and-run) request needs before it is sent; normalises metadata."""
+    if not assistant_id:
+        raise ValidationError({"assistant_id": ["Choose an assistant."]})
+    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
+    if thread and "metadata" in thread:
+        validate_metadata(thread["metadata"], field="thread.metadata")
+
+
 def validate_tool_outputs(run: Run, tool_outputs: Any) -> list[dict]:
     """All and only the pending tool calls, each answered once with a string output."""
     if run.status != RunStatus.REQUIRES_ACTION:
@@ -204,9 +213,7 @@ def thread_sync(*, connection: str, thread_id: str, source: str = Source.IMPORT)
 # --- runs -------------------------------------------------------------------------------------------
 
 def run_create(*, thread: Thread, assistant_id: str, user=None, **fields) -> Run:
-    if not assistant_id:
-        raise ValidationError({"assistant_id": ["Choose an assistant."]})
-    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
+    validate_run_request(assistant_id, fields)
     sent = {"assistant_id": assistant_id, **{k: v for k, v in fields.items() if v is not None}}
     with ActionAudit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
                 thread=thread, sent=sent) as audit:
@@ -223,11 +230,7 @@ def run_create(*, thread: Thread, assistant_id: str, user=None, **fields) -> Run
 def thread_and_run_create(*, assistant_id: str, connection: str | None = None, thread: dict | None = None,
                           user=None, **fields) -> Run:
     connection = connection or app_settings.DEFAULT_CONNECTION
-    if not assistant_id:
-        raise ValidationError({"assistant_id": ["Choose an assistant."]})
-    fields["metadata"] = validate_metadata(fields.get("metadata")) or None
-    if thread and "metadata" in thread:
-        validate_metadata(thread["metadata"], field="thread.metadata")
+    validate_run_request(assistant_id, fields, thread=thread)
     sent = {"assistant_id": assistant_id, "thread": thread, **{k: v for k, v in fields.items() if v is not None}}
     with ActionAudit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
                 sent=sent) as audit:

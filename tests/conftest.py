@@ -41,6 +41,23 @@ def emulator_connection(emulator) -> dict:
 
 
 @pytest.fixture
+def remote(emulator):
+    """A client straight to the emulator (outside runs_app's services): the service's own view of things."""
+    from runs_app.assistants import AssistantsClient
+    from tests.client_helpers import connection_settings
+
+    return AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
+
+
+@pytest.fixture
+def assistant(remote):
+    """An assistant with the get_weather function tool, created on the emulator."""
+    from tests.run_sequences import FUNCTION_TOOL
+
+    return remote.create_assistant(model="gpt-4o", name="ops", tools=[FUNCTION_TOOL])
+
+
+@pytest.fixture
 def mirror_settings(emulator, settings):
     """RUNS_APP pointing the default connection at the emulator, with a fast poller."""
     settings.RUNS_APP = {"CONNECTIONS": {"default": emulator_connection(emulator)}, **FAST_POLLER}

@@ -19,16 +19,6 @@ from tests.run_sequences import FUNCTION_TOOL
 TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
 
 
-@pytest.fixture
-def remote(emulator):
-    return AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
-
-
-@pytest.fixture
-def assistant(remote):
-    return remote._request("POST", "/assistants", json={"model": "gpt-4o", "name": "ops", "tools": [FUNCTION_TOOL]})
-
-
 def make_run(thread, status="in_progress", **fields):
     return Run.objects.create(thread=thread, remote_id=f"run_{Run.objects.count()}_{id(fields)}", status=status,
                               next_poll_at=timezone.now() - dt.timedelta(seconds=1), **fields)

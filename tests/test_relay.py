@@ -6,20 +6,11 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from runs_app import relay, services
-from runs_app.assistants import AssistantsClient
 from runs_app.models import Message, OperatorAction, Run
-from tests.client_helpers import connection_settings
-from tests.run_sequences import FUNCTION_TOOL
 
 pytestmark = pytest.mark.django_db
 
 FRAME = re.compile(rb"event: ([^\n]+)\ndata: ([^\n]*)\n\n")
-
-
-@pytest.fixture
-def assistant(emulator):
-    client = AssistantsClient("setup", settings=connection_settings("azure_openai", emulator))
-    return client._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [FUNCTION_TOOL]})
 
 
 def frames(chunks):

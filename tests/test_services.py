@@ -4,22 +4,11 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from runs_app import services
-from runs_app.assistants import AssistantsClient, BadRequest
+from runs_app.assistants import BadRequest
 from runs_app.models import Message, OperatorAction, Run, RunEvent, RunStep
-from tests.client_helpers import connection_settings, wait_for
-from tests.run_sequences import FUNCTION_TOOL
+from tests.client_helpers import wait_for
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def remote(emulator):
-    return AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
-
-
-@pytest.fixture
-def assistant(remote):
-    return remote._request("POST", "/assistants", json={"model": "gpt-4o", "name": "ops", "tools": [FUNCTION_TOOL]})
 
 
 @pytest.fixture

@@ -13,18 +13,9 @@ from django.db import connection
 from django_q.brokers import get_broker
 from django_q.tasks import async_task, result
 
-from tests.conftest import IN_CI, require
+from tests.conftest import IN_CI, database_url_of_this_test_database, require
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def database_url_of_this_test_database() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or ""
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 def test_ci_leg_runs_on_the_configured_database_and_broker():
