@@ -344,3 +344,23 @@ def test_start_run_invalid_metadata_and_permission(mirror_settings, assistant, a
     client.force_login(staff_user(django_user_model))
     assert client.post(start_url, {"assistant_id": assistant["id"]}).status_code == 403
     assert thread.runs.count() == 1
+
+
+def test_tool_outputs_form_has_one_field_per_parallel_call(mirror_settings, remote, admin_client):
+    tools = [{"type": "function", "function": {"name": name, "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+        for name in ("get_weather", "get_time")]
+    two_tools = remote._request("POST", "/assistants", json={"model": "gpt-4o", "tools": tools})
+    run = settle(start_run(two_tools, "get_weather and get_time for Oslo"))
+    calls = run.pending_tool_calls
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+    page = admin_client.get(url("tool_outputs", run)).content.decode()
+    for call in calls:
+        assert f'name="output__{call["id"]}"' in page and f"{call['function']['name']} ({call['id']})" in page
+    response = admin_client.post(url("tool_outputs", run), {f"output__{calls[0]['id']}": "sunny"})
+    assert response.context["form"].errors == {f"output__{calls[1]['id']}": ["This field is required."]}
+    assert not OperatorAction.objects.filter(action="submit_tool_outputs").exists()
+    response = admin_client.post(url("tool_outputs", run), {f"output__{calls[0]['id']}": "sunny",
+                                                             f"output__{calls[1]['id']}": "noon"}, follow=True)
+    assert any("Tool outputs sent" in m for m in messages_of(response))
+    assert settle(run).status == "completed"

@@ -123,3 +123,20 @@ def test_operator_answers_a_tool_call_cancels_a_run_and_edits_metadata(live_serv
     assert "Keys are limited to 64 characters; this one has 65." in page.inner_text(".metadata-row .errorlist")
     page.screenshot(path=str(ARTIFACTS / "admin-run-metadata-error.png"), full_page=True)
     assert "k" * 65 not in Run.objects.get(pk=waiting.pk).metadata
+
+
+def test_model_output_is_shown_as_text_never_run(live_server, mirror_settings, assistant, remote,
+                                                 django_user_model, page):
+    django_user_model.objects.create_superuser("ops", "ops@example.com", PASSWORD)
+    run = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": "show me some markup [html]"}]})
+    wait_for(lambda: remote.retrieve_run(run.thread.remote_id, run.remote_id)["status"] == "completed")
+    run = services.run_refresh(run=run)
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    log_in(page, live_server)
+    page.goto(f"{live_server.url}/admin/runs_app/run/{run.pk}/change/")
+    text = page.inner_text(".field-message_text")
+    assert "<img src=x onerror=alert(1)>" in text and "<script>alert(1)</script>" in text
+    assert page.locator(".field-message_text img, .field-message_text script").count() == 0
+    assert dialogs == []
