@@ -90,6 +90,20 @@ def run_duration(run: Run, now: dt.datetime | None = None) -> float | None:
     return (end - start).total_seconds() if end else None
 
 
+def utc_seconds(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+
+
+def timestamp_field(field: str, label: str):
+    """A read-only display of a datetime to the second, in UTC (Django's default shows minutes only)."""
+
+    @admin.display(description=label, ordering=field)
+    def show(self, obj):
+        return utc_seconds(getattr(obj, field))
+
+    return show
+
+
 def admin_link(obj, label=None):
     if obj is None:
         return "—"
@@ -347,7 +361,7 @@ def error_text(exc: Exception) -> str:
 class StepInline(admin.TabularInline):
     model = RunStep
     fk_name = "run"
-    fields = ("step", "type", "step_status", "created_at", "completed_at", "total_tokens", "details")
+    fields = ("step", "type", "step_status", "created", "completed", "total_tokens", "details")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -366,6 +380,9 @@ class StepInline(admin.TabularInline):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    created = timestamp_field("created_at", "created (UTC)")
+    completed = timestamp_field("completed_at", "completed")
+
     @admin.display(description="step")
     def step(self, step):
         return admin_link(step, step.remote_id)
@@ -382,7 +399,7 @@ class StepInline(admin.TabularInline):
 class MessageInline(admin.TabularInline):
     model = Message
     fk_name = "run"
-    fields = ("message", "role", "status", "created_at", "message_text")
+    fields = ("message", "role", "status", "created", "message_text")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -399,6 +416,8 @@ class MessageInline(admin.TabularInline):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    created = timestamp_field("created_at", "created (UTC)")
 
     @admin.display(description="message")
     def message(self, message):
@@ -432,8 +451,8 @@ class RunAdmin(ReadOnlyAdmin):
     fieldsets = [
         (None, {"fields": ("remote_id", "connection", "thread_link", "assistant_id", "model", "status_badge",
                            "time_left", "metadata_block")}),
-        ("Times", {"fields": ("created_at", "started_at", "expires_at", "completed_at", "failed_at", "cancelled_at",
-                              "duration")}),
+        ("Times (UTC)", {"fields": ("created", "started", "expires", "completed", "failed", "cancelled",
+                                    "duration")}),
         ("Waiting for tool outputs", {"fields": ("pending_calls",)}),
         ("Usage", {"fields": ("prompt_tokens", "completion_tokens", "total_tokens")}),
         ("Error", {"fields": ("last_error_code", "last_error_block", "incomplete_block")}),
@@ -441,9 +460,9 @@ class RunAdmin(ReadOnlyAdmin):
         ("Configuration", {"classes": ("collapse",), "fields": (
             "instructions_block", "tools_block", "tool_choice", "response_format", "truncation_strategy",
             "temperature", "top_p", "max_prompt_tokens", "max_completion_tokens", "parallel_tool_calls")}),
-        ("Sync", {"classes": ("collapse",), "fields": (
-            "status_changed_at", "observed_from", "observed_to", "synced_at", "first_seen_at", "polls",
-            "next_poll_at", "claimed_by", "claimed_until", "stuck_since", "expiring_flagged_at",
+        ("Sync (UTC)", {"classes": ("collapse",), "fields": (
+            "status_changed", "observed_from_s", "observed_to_s", "synced", "first_seen", "polls",
+            "next_poll", "claimed_by", "claimed_until_s", "stuck_since_s", "expiring_flagged",
             "answered_call_ids", "steps_synced_for")}),
         ("Raw remote object", {"fields": ("raw_block",)}),
     ]
@@ -494,9 +513,21 @@ class RunAdmin(ReadOnlyAdmin):
     def status_badge(self, run):
         return status_badge(run.status)
 
-    @admin.display(description="created (UTC)", ordering="created_at")
-    def created(self, run):
-        return run.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if run.created_at else "—"
+    created = timestamp_field("created_at", "created (UTC)")
+    started = timestamp_field("started_at", "started")
+    expires = timestamp_field("expires_at", "expires")
+    completed = timestamp_field("completed_at", "completed")
+    failed = timestamp_field("failed_at", "failed")
+    cancelled = timestamp_field("cancelled_at", "cancelled")
+    status_changed = timestamp_field("status_changed_at", "status changed (seen by the mirror)")
+    observed_from_s = timestamp_field("observed_from", "observed from")
+    observed_to_s = timestamp_field("observed_to", "observed to")
+    synced = timestamp_field("synced_at", "synced")
+    first_seen = timestamp_field("first_seen_at", "first seen")
+    next_poll = timestamp_field("next_poll_at", "next poll")
+    claimed_until_s = timestamp_field("claimed_until", "claimed until")
+    stuck_since_s = timestamp_field("stuck_since", "stuck since")
+    expiring_flagged = timestamp_field("expiring_flagged_at", "flagged as expiring")
 
     @admin.display(description="duration")
     def duration(self, run):
@@ -630,7 +661,9 @@ class RunAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Cancel selected runs", permissions=["cancel"])
     def cancel_runs(self, request, queryset):
-        runs = list(queryset.select_related("thread"))
+        runs = self._bulk_selection(request, queryset, "cancel")
+        if runs is None:
+            return None
         if request.POST.get("confirm") == "yes":
             self._cancel(request, runs)
             return None
@@ -671,7 +704,21 @@ class RunAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Refresh selected runs from the service now", permissions=["refresh"])
     def refresh_runs(self, request, queryset):
-        self._refresh(request, list(queryset.select_related("thread")))
+        runs = self._bulk_selection(request, queryset, "refresh")
+        if runs is not None:
+            self._refresh(request, runs)
+
+    # Each run is one request to the service, made while the operator waits: "select all" over a large
+    # list must not turn into thousands of them.
+    MAX_BULK = 200
+
+    def _bulk_selection(self, request, queryset, verb: str) -> list[Run] | None:
+        runs = list(queryset.select_related("thread")[: self.MAX_BULK + 1])
+        if len(runs) > self.MAX_BULK:
+            messages.error(request, f"Select at most {self.MAX_BULK} runs to {verb} at once; nothing was sent. "
+                                    "Narrow the list with the filters first.")
+            return None
+        return runs
 
     def refresh_view(self, request, object_id):
         run = self._run(request, object_id)

@@ -251,3 +251,29 @@ def test_other_changelists_do_not_grow(admin_client):
     OperatorAction.objects.bulk_create([OperatorAction(action="refresh_run", connection="default",
                                                        target=run.remote_id, run=run) for _ in range(10)])
     assert [count_queries(admin_client, u) for u in urls] == before
+
+
+def test_bulk_actions_refuse_oversized_selections(admin_client, mirror_settings, emulator, monkeypatch):
+    from runs_app.admin import RunAdmin
+
+    monkeypatch.setattr(RunAdmin, "MAX_BULK", 3)
+    thread = make_thread()
+    runs = [make_run(thread, i, "in_progress") for i in range(4)]
+    for action in ("cancel_runs", "refresh_runs"):
+        response = admin_client.post(CHANGELIST, {"action": action, "select_across": "1", "index": "0",
+                                                  "_selected_action": [r.pk for r in runs], "confirm": "yes"},
+                                     follow=True)
+        shown = [str(m) for m in response.context["messages"]]
+        assert any("Select at most 3 runs" in m and "nothing was sent" in m for m in shown), shown
+    assert not OperatorAction.objects.exists()
+    assert set(Run.objects.values_list("status", flat=True)) == {"in_progress"}
+
+
+def test_export_and_import_need_their_permissions(client, django_user_model):
+    user = django_user_model.objects.create_user("nobody", password="pw", is_staff=True)
+    client.force_login(user)
+    assert client.get(reverse("admin:runs_app_run_export")).status_code == 403
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_run", "view_thread", "add_thread"]))
+    assert client.get(reverse("admin:runs_app_run_export")).status_code == 200
+    assert "Import a thread" in client.get("/admin/runs_app/thread/").content.decode()
+    assert client.get(reverse("admin:runs_app_thread_import")).status_code == 200
