@@ -315,7 +315,7 @@ def run_overview(now: dt.datetime | None = None) -> dict:
 
 # --- shared admin pieces --------------------------------------------------------------------------------
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyMixin:
     """Records nobody edits by hand: the mirror is written by the sync engine and the services only."""
 
     def has_add_permission(self, request, obj=None):
@@ -327,8 +327,18 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+
+class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
     class Media:
         css = CSS
+
+
+class ReadOnlyInline(ReadOnlyMixin, admin.TabularInline):
+    fk_name = "run"
+    extra = 0
+    max_num = 0
+    can_delete = False
+    ordering = ("created_at", "id")
 
 
 def error_text(exc: Exception) -> str:
@@ -337,27 +347,13 @@ def error_text(exc: Exception) -> str:
     return str(exc)
 
 
-class StepInline(admin.TabularInline):
+class StepInline(ReadOnlyInline):
     model = RunStep
-    fk_name = "run"
     fields = ("step", "type", "step_status", "created", "completed", "total_tokens", "details")
     readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
     show_change_link = False
     verbose_name = "step"
     verbose_name_plural = "steps"
-    ordering = ("created_at", "id")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     created = timestamp_field("created_at", "created (UTC)")
     completed = timestamp_field("completed_at", "completed")
@@ -375,26 +371,12 @@ class StepInline(admin.TabularInline):
         return step_details_html(step)
 
 
-class MessageInline(admin.TabularInline):
+class MessageInline(ReadOnlyInline):
     model = Message
-    fk_name = "run"
     fields = ("message", "role", "status", "created", "message_text")
     readonly_fields = fields
-    extra = 0
-    max_num = 0
-    can_delete = False
     verbose_name = "message"
     verbose_name_plural = "messages of this run"
-    ordering = ("created_at", "id")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     created = timestamp_field("created_at", "created (UTC)")
 

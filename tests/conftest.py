@@ -20,6 +20,28 @@ def require(what: str, available: bool, reason: str) -> None:
     pytest.skip(f"{what} unavailable: {reason}")
 
 
+@pytest.fixture
+def browser_page(chromium_path, monkeypatch):
+    """A page in a real headless Chromium (Debian's), driven by playwright."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # playwright's sync API runs an event loop
+    from django.db import connections
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        try:
+            yield browser.new_page(viewport={"width": 1800, "height": 1000})
+        finally:
+            # Inside playwright's event loop asgiref gives this context its own database connection:
+            # close it here, or PostgreSQL cannot drop the test database.
+            connections.close_all()
+            browser.close()
+
+
 @pytest.fixture(scope="session")
 def chromium_path():
     path = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")

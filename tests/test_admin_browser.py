@@ -1,29 +1,13 @@
 """The demo site's admin logs in, in a real Chromium."""
 
 import pytest
-from django.db import connections
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def page(chromium_path, monkeypatch):
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # playwright's sync API runs an event loop
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
-        try:
-            yield browser.new_page()
-        finally:
-            # Inside playwright's event loop asgiref gives this context its own database connection:
-            # close it here, or PostgreSQL cannot drop the test database.
-            connections.close_all()
-            browser.close()
+def page(browser_page):
+    return browser_page
 
 
 def test_admin_login_and_connections_page(live_server, django_user_model, page):

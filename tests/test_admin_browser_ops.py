@@ -4,7 +4,6 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connections
 
 from runs_app import services
 from runs_app.models import Run
@@ -21,23 +20,8 @@ remote = admin_helpers.remote
 
 
 @pytest.fixture
-def page(chromium_path, monkeypatch):
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # playwright's sync API runs an event loop
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
-        try:
-            yield browser.new_page(viewport={"width": 1800, "height": 1000})
-        finally:
-            # Inside playwright's event loop asgiref gives this context its own database connection:
-            # close it here, or PostgreSQL cannot drop the test database.
-            connections.close_all()
-            browser.close()
+def page(browser_page):
+    return browser_page
 
 
 def reload_until(page, selector, text, *, timeout=60.0):
