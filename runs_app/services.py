@@ -101,7 +101,9 @@ def validate_tool_outputs(run: Run, tool_outputs: Any) -> list[dict]:
 
 
 def redact(value: Any) -> Any:
-    """A copy with the values of secret-looking keys replaced, for the audit log."""
+    """A copy with the values of secret-looking keys replaced (and NULs, which PostgreSQL cannot store), for
+    the audit log."""
+    value = sync.without_nul(value)
     if isinstance(value, dict):
         return {k: ("***" if isinstance(k, str) and _SECRET_KEY_RE.search(k) else redact(v)) for k, v in value.items()}
     if isinstance(value, list):
@@ -127,18 +129,18 @@ class ActionAudit:
     def __exit__(self, exc_type, exc, tb):
         if isinstance(exc, AssistantsError):
             self.action.succeeded = False
-            self.action.error = str(exc)
+            self.action.error = sync.without_nul(str(exc))
             self.action.request_id = exc.request_id or ""
             if isinstance(exc, APIStatusError):
-                self.action.answer = {"status": exc.status, "code": exc.code, "message": exc.message,
-                                      "param": exc.param}
+                self.action.answer = sync.without_nul({"status": exc.status, "code": exc.code,
+                                                       "message": exc.message, "param": exc.param})
             self.action.save()
             self._timeline()
         return False
 
     def succeeded(self, answer: dict | None, *, run: Run | None = None, thread: Thread | None = None) -> None:
         self.action.succeeded = True
-        self.action.answer = answer
+        self.action.answer = sync.without_nul(answer)
         if run is not None:
             self.action.run = run
         if thread is not None:

@@ -74,6 +74,18 @@ class Applied:
         return self.applied and self.old_status != getattr(self.row, "status", None)
 
 
+def without_nul(value):
+    """The value with U+0000 replaced by U+FFFD: PostgreSQL stores no NUL in text or jsonb, and remote
+    objects (model output, echoed input) may carry one. Applied to everything the mirror stores."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def ts(value) -> dt.datetime | None:
     """The protocol's Unix seconds as an aware datetime (None stays None)."""
     if value is None or value == "":
@@ -115,6 +127,7 @@ def run_payload_is_newer(*, current_status: str, current_calls: set[str], answer
 # --- threads ----------------------------------------------------------------------------------------
 
 def apply_thread(payload: dict, *, connection: str, seen: Observation) -> Applied:
+    payload = without_nul(payload)
     with transaction.atomic():
         thread, created = _locked_get_or_create(
             Thread, connection, payload["id"], defaults={"created_at": ts(payload.get("created_at")),
@@ -151,6 +164,7 @@ RUN_TIMES = ("created_at", "started_at", "expires_at", "cancelled_at", "failed_a
 
 def apply_run(payload: dict, *, connection: str, seen: Observation, user=None) -> Applied:
     """Apply a run object. Creates the thread stub if needed; records status changes in the timeline."""
+    payload = without_nul(payload)
     with transaction.atomic():
         thread = thread_stub(connection, payload["thread_id"])
         run, created = _locked_get_or_create(
@@ -230,6 +244,7 @@ STEP_TIMES = ("created_at", "cancelled_at", "failed_at", "completed_at")
 
 
 def apply_step(payload: dict, *, connection: str, seen: Observation) -> Applied:
+    payload = without_nul(payload)
     with transaction.atomic():
         run = _run_for(connection, payload)
         if run is None:
@@ -266,6 +281,7 @@ def apply_step(payload: dict, *, connection: str, seen: Observation) -> Applied:
 
 def apply_step_delta(payload: dict, *, connection: str, seen: Observation) -> RunStep | None:
     """Fold a ``thread.run.step.delta`` into its step: tool calls merged by index, arguments concatenated."""
+    payload = without_nul(payload)
     with transaction.atomic():
         step = RunStep.objects.select_for_update().filter(connection=connection, remote_id=payload.get("id")).first()
         if step is None:
@@ -299,6 +315,7 @@ MESSAGE_TERMINAL = frozenset({MessageStatus.COMPLETED, MessageStatus.INCOMPLETE}
 
 
 def apply_message(payload: dict, *, connection: str, seen: Observation) -> Applied:
+    payload = without_nul(payload)
     with transaction.atomic():
         thread = thread_stub(connection, payload["thread_id"])
         message, created = _locked_get_or_create(
@@ -334,6 +351,7 @@ def apply_message(payload: dict, *, connection: str, seen: Observation) -> Appli
 
 def apply_message_delta(payload: dict, *, connection: str, seen: Observation) -> Message | None:
     """Fold a ``thread.message.delta``: blocks merged by index, text values concatenated."""
+    payload = without_nul(payload)
     with transaction.atomic():
         message = Message.objects.select_for_update().filter(connection=connection,
                                                              remote_id=payload.get("id")).first()

@@ -82,7 +82,7 @@ def test_changelist_columns_overview_and_badges(admin_client):
     ("model=gpt-4o-mini", {4}),
     ("connection=default", {1, 2, 3, 4}),
     ("q=T-77", {1}),
-    ("q=run_1_000002", {2}),
+    ("q=run_{thread}_000002", {2}),  # the thread's pk: PostgreSQL does not reset sequences between tests
     ("created_at__gte=2000-01-01+00%3A00%3A00%2B00%3A00", {1, 2, 3, 4}),
     ("created_at__gte=2999-01-01+00%3A00%3A00%2B00%3A00", set()),
 ])
@@ -92,7 +92,7 @@ def test_changelist_filters_and_search(admin_client, query, expected):
     make_run(thread, 2, "failed", last_error_code="server_error")
     make_run(thread, 3, "in_progress", stuck_since=timezone.now())
     make_run(thread, 4, "requires_action", expiring_flagged_at=timezone.now(), model="gpt-4o-mini")
-    response = admin_client.get(f"{CHANGELIST}?{query}")
+    response = admin_client.get(f"{CHANGELIST}?{query.format(thread=thread.pk)}")
     assert response.status_code == 200, response.content[:500]
     shown = {int(r.remote_id.rsplit("_", 1)[1]) for r in response.context["cl"].result_list}
     assert shown == expected

@@ -135,3 +135,10 @@ def test_refresh_fetches_run_steps_and_messages(mirror_settings, assistant, remo
 def test_redact_hides_secret_looking_values():
     assert services.redact({"api_key": "k", "nested": [{"Authorization": "Bearer x", "output": "ok"}]}) == {
         "api_key": "***", "nested": [{"Authorization": "***", "output": "ok"}]}
+
+
+def test_nul_characters_in_input_are_audited_and_mirrored(mirror_settings, assistant, operator):
+    thread = services.thread_create(messages=[{"role": "user", "content": "hi\x00there"}], user=operator)
+    run = services.run_create(thread=thread, assistant_id=assistant["id"], instructions="x\x00y", user=operator)
+    assert Run.objects.get(pk=run.pk).instructions == "x\ufffdy"
+    assert OperatorAction.objects.get(action="create_run").sent["instructions"] == "x\ufffdy"

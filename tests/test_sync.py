@@ -223,3 +223,14 @@ def test_random_interleavings_and_duplicates_end_in_the_true_final_state(sequenc
     history = list(run.events.filter(kind="status").values_list("from_status", "to_status"))
     terminal = {"completed", "failed", "incomplete", "cancelled", "expired"}
     assert not any(a in terminal for a, _ in history)
+
+
+def test_nul_characters_from_the_service_are_stored_not_crashed_on(sequences):
+    """PostgreSQL cannot store U+0000 in text or jsonb; model output may carry one anyway."""
+    payload = copy.deepcopy(fresh(sequences["completed"])[-1])
+    payload["instructions"] = "before\x00after"
+    payload["metadata"] = {"note\x00": "v\x00"}
+    run = apply(payload, at(1)).row
+    run.refresh_from_db()
+    assert run.instructions == "before\ufffdafter"
+    assert run.metadata == {"note\ufffd": "v\ufffd"} and run.raw["instructions"] == "before\ufffdafter"
