@@ -63,7 +63,9 @@ def test_every_operation_conforms_to_the_schema(seeded, wsgi_in_test_transaction
         if path_names:  # random ids (404s) and the seeded ones (real rows)
             strategies.append(operation.as_strategy(path_parameters={name: seeded[name] for name in path_names}))
         for strategy in strategies:
-            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+            # derandomize: CI sees the same examples on every run (a change to the schema changes them);
+            # explore more by hand with a higher EXAMPLES_PER_OPERATION and derandomize off.
+            @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
             @given(case=strategy)
             def call(case):
