@@ -14,7 +14,9 @@ B. the baseline: one Python thread per run calling the openai SDK's `client.beta
 
 Workload: N runs, each a new thread whose user message carries `[slow:S]` with S uniform in
 [--slow-min, --slow-max] (seeded); a share of them (--tool-share) also name a function tool, so they wait in
-requires_action until the bench submits an output after a seeded delay (--tool-delay-min/max).
+requires_action until the bench submits an output a seeded delay (--tool-delay-min/max) after the mode saw
+requires_action: the baseline after its poll saw it; the mirror after the mirror showed it, through
+`runs_app.services.run_submit_tool_outputs` (`--answer-from truth`: after the emulator entered it, directly).
 
 Lag of one true status change (from the emulator's own record, `GET /_emulator/events`) = when the mode first
 saw that status (mirror: `RunEvent.observed_at`; baseline: the time an SDK response carrying it arrived)
@@ -241,6 +243,52 @@ class ToolSubmitter:
         self.stop.set()
 
 
+class MirrorToolAnswerer:
+    """Mirror mode, ``--answer-from mirror`` (the default): answers each run's tool call ``tool_delay`` seconds
+    after the MIRROR showed it in requires_action, through ``runs_app.services.run_submit_tool_outputs`` — the way
+    an embedding site, an operator in the admin or an API client answers it — just as the baseline answers after
+    its own poll saw requires_action. The submission's answer (``queued``) is applied to the mirror by the service.
+    The POSTs are the bench's own and not counted."""
+
+    def __init__(self, delays: dict[str, float]):
+        self.delays, self.stop = delays, threading.Event()
+        self.errors: list[str] = []
+        self.scheduled: set[str] = set()
+        self.heap: list = []
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        from django.db import close_old_connections
+
+        from runs_app import services
+        from runs_app.models import Run
+
+        try:
+            while not self.stop.is_set():
+                waiting = Run.objects.filter(status="requires_action").values_list("remote_id", "status_changed_at")
+                for remote_id, seen_at in waiting:
+                    if remote_id in self.delays and remote_id not in self.scheduled:
+                        self.scheduled.add(remote_id)
+                        heapq.heappush(self.heap, (seen_at.timestamp() + self.delays[remote_id], remote_id))
+                while self.heap and self.heap[0][0] <= time.time():
+                    _, remote_id = heapq.heappop(self.heap)
+                    try:
+                        run = Run.objects.get(remote_id=remote_id)
+                        calls = run.required_action["submit_tool_outputs"]["tool_calls"]
+                        services.run_submit_tool_outputs(
+                            run=run, tool_outputs=[{"tool_call_id": c["id"], "output": "sunny, 21 C"} for c in calls])
+                    except Exception as exc:  # noqa: BLE001 - reported at the end
+                        self.errors.append(f"{remote_id}: {exc!r}")
+                time.sleep(0.1)
+        finally:
+            close_old_connections()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
 # ------------------------------------------------------------------------------------------ lag
 
 
@@ -375,7 +423,7 @@ def mirror_mode(args, emu: Emulator, assistant_id: str, jobs: list[dict], cleanu
     before = emu.requests_served()
     handover: dict[str, float] = {}
     delays: dict[str, float] = {}
-    submitter = ToolSubmitter(emu, delays)
+    submitter = ToolSubmitter(emu, delays) if args.answer_from == "truth" else MirrorToolAnswerer(delays)
     started = time.time()
 
     def register(job, payload):
@@ -542,7 +590,10 @@ def record(path: Path, command: str, results: dict, args) -> None:
         f"- Command: `{command}`",
         f"- Workload: {args.runs} runs (one thread each), `[slow:S]` S uniform {args.slow_min}–{args.slow_max} s "
         f"(seed {args.seed}), {args.tool_share:.0%} with a `get_weather` call answered after "
-        f"{args.tool_delay_min}–{args.tool_delay_max} s; emulator `--speed 1 --control`",
+        f"{args.tool_delay_min}–{args.tool_delay_max} s after the mode saw requires_action"
+        + (" (mirror mode: after the emulator entered it, directly on the emulator)" if args.answer_from == "truth"
+           else " (mirror mode: through `services.run_submit_tool_outputs`)")
+        + "; emulator `--speed 1 --control`",
     ]
     if "mirror" in results:
         m = results["mirror"]
@@ -596,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tool-delay-min", type=float, default=2.0)
     parser.add_argument("--tool-delay-max", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--answer-from", choices=["mirror", "truth"], default="mirror",
+                        help="mirror mode: answer tool calls after the mirror saw requires_action, through the "
+                             "services (default), or after the emulator entered it, directly on the emulator")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a RUNS_APP key for the mirror (JSON value), e.g. --set POLL_SLOW=2")
     parser.add_argument("--record", type=Path, help="append a markdown summary to this file")

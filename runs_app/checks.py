@@ -220,3 +220,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@register("runs_app")
+def check_middleware(app_configs=None, **kwargs):
+    """Django's GZipMiddleware would hold back the live relay's events until a gzip block fills."""
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    if "django.middleware.gzip.GZipMiddleware" in middleware:
+        return [
+            Warning(
+                "django.middleware.gzip.GZipMiddleware compresses the live pages' event streams, so their events "
+                "reach the browser late, in bursts.",
+                hint="Replace it in MIDDLEWARE with runs_app.middleware.GZipMiddleware (the same, except for "
+                "text/event-stream responses).",
+                id="runs_app.W002",
+            )
+        ]
+    return []

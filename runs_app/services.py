@@ -19,7 +19,7 @@ from django.utils import timezone
 from runs_app import sync
 from runs_app.assistants import APIStatusError, AssistantsClient, AssistantsError
 from runs_app.conf import app_settings
-from runs_app.models import OperatorAction, Run, RunEvent, RunStatus, Source, Thread
+from runs_app.models import Message, OperatorAction, Run, RunEvent, RunStatus, Source, Thread
 from runs_app.sync import Observation
 
 METADATA_MAX_KEYS = 16
@@ -176,6 +176,23 @@ def thread_create(*, connection: str | None = None, messages: list | None = None
         audit.succeeded(payload, thread=thread)
     _wake_poller()  # discovery follows the new thread
     return thread
+
+
+def message_create(*, thread: Thread, content: str, user=None) -> Message:
+    """Add a user message to a thread (e.g. before starting a run on it from the live page)."""
+    content = sync.without_nul(content if isinstance(content, str) else "")
+    if not content.strip():
+        raise ValidationError({"content": ["Write a message."]})
+    if len(content) > 256_000:
+        raise ValidationError({"content": ["A message holds at most 256,000 characters."]})
+    with ActionAudit(action="create_message", connection=thread.connection, target=thread.remote_id, user=user,
+                     thread=thread, sent={"role": "user", "content": content}) as audit:
+        started = timezone.now()
+        payload = get_client(thread.connection).create_message(thread.remote_id, content=content)
+        message = sync.apply_message(payload, connection=thread.connection,
+                                     seen=Observation.now(Source.ACTION, started)).row
+        audit.succeeded({"id": payload.get("id"), "object": payload.get("object")}, thread=thread)
+    return message
 
 
 def thread_import(*, thread_id: str, connection: str | None = None, user=None) -> Thread:

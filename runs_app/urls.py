@@ -2,10 +2,16 @@
 
 from django.urls import path
 
-from runs_app import views
+from runs_app import live, views
 
 app_name = "runs_app"
 
 urlpatterns = [
     path("connections/", views.connection_list, name="connection-list"),
+    path("threads/<str:thread_id>/live/", live.thread_live, name="thread-live"),
+    path("threads/<str:thread_id>/live/runs/", live.thread_live_runs, name="thread-live-runs"),
+    path("runs/<str:run_id>/live/", live.run_live, name="run-live"),
+    path("runs/<str:run_id>/events/", live.run_events, name="run-events"),
+    path("runs/<str:run_id>/live/tool-outputs/", live.run_live_tool_outputs, name="run-live-tool-outputs"),
+    path("runs/<str:run_id>/live/cancel/", live.run_live_cancel, name="run-live-cancel"),
 ]

@@ -1,0 +1,151 @@
+"""A run's mirror, as a server-sent event stream: watch any run, including ones this site did not start.
+
+``MirrorFeed(run)`` is an iterator of SSE bytes for a ``StreamingHttpResponse``. It reads the mirror (not the
+service) every ``tick`` seconds and sends what changed since the last look, under the protocol's own event
+names so one renderer serves both this feed and a relayed stream:
+
+- ``thread.run.<status>`` — the run object (the mirror's columns over its raw object) when its status or any
+  synced field changed;
+- ``thread.run.step.<status>`` — a step that is new or changed;
+- ``thread.message.<status>`` — a message of the run that is new or whose text grew (the whole text so far:
+  a relay folds deltas into the mirror, the poller writes whole messages);
+- ``done`` (``[DONE]``) once the run is terminal and its steps and messages were fetched for that state
+  (or ``SETTLE_SECONDS`` after it became terminal);
+- ``error`` if the run disappears from the mirror; ``: heartbeat`` comments after ``HEARTBEAT_SECONDS`` of
+  silence.
+
+Opening the feed asks the poller to poll an active run now, so a watched run is fresh from the first second.
+The feed holds one database connection while it is open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+from django.db.models import Q
+from django.utils import timezone
+
+from runs_app.models import Message, Run, RunStep
+
+logger = logging.getLogger("runs_app.feed")
+
+TICK_SECONDS = 0.25
+HEARTBEAT_SECONDS = 15.0
+SETTLE_SECONDS = 10.0
+
+
+def _ts(value) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def run_object(run: Run) -> dict:
+    """The run as the protocol shapes it, with the mirror's columns (the truth it holds) over its raw object."""
+    return {
+        **(run.raw or {}),
+        "id": run.remote_id, "object": "thread.run", "thread_id": run.thread_remote_id,
+        "assistant_id": run.assistant_id, "status": run.status,
+        "required_action": run.required_action if run.status == "requires_action" else None,
+        "last_error": run.last_error, "incomplete_details": run.incomplete_details,
+        "created_at": _ts(run.created_at), "started_at": _ts(run.started_at), "completed_at": _ts(run.completed_at),
+        "cancelled_at": _ts(run.cancelled_at), "failed_at": _ts(run.failed_at), "expires_at": _ts(run.expires_at),
+        "metadata": run.metadata,
+    }
+
+
+def step_object(step: RunStep, run: Run) -> dict:
+    return {**(step.raw or {}), "id": step.remote_id, "object": "thread.run.step", "run_id": run.remote_id,
+            "type": step.type, "status": step.status, "step_details": step.step_details, "last_error": step.last_error,
+            "created_at": _ts(step.created_at), "completed_at": _ts(step.completed_at)}
+
+
+def message_object(message: Message) -> dict:
+    return {**(message.raw or {}), "id": message.remote_id, "object": "thread.message", "role": message.role,
+            "status": message.status or "completed", "content": message.content, "run_id": message.run_remote_id,
+            "assistant_id": message.assistant_id, "created_at": _ts(message.created_at)}
+
+
+def sse(name: str, data) -> bytes:
+    body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"event: {name}\ndata: {body}\n\n".encode()
+
+
+class MirrorFeed:
+    def __init__(self, run: Run, *, tick: float = TICK_SECONDS, heartbeat: float = HEARTBEAT_SECONDS,
+                 settle: float = SETTLE_SECONDS):
+        self.run_pk = run.pk
+        self.remote_id = run.remote_id
+        self.tick, self.heartbeat, self.settle = tick, heartbeat, settle
+        self._run_seen: tuple | None = None
+        self._steps_seen: dict[int, tuple] = {}
+        self._messages_seen: dict[int, tuple] = {}
+        self.events_sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        # The database connection is closed by Django when the response closes (request_finished).
+        from runs_app.services import details_marker
+
+        self._hurry_poller()
+        yield b"retry: 2000\n\n"
+        last_sent = time.monotonic()
+        terminal_since: float | None = None
+        while True:
+            run = Run.objects.select_related("thread").filter(pk=self.run_pk).first()
+            if run is None:
+                yield sse("error", {"error": {"message": f"Run {self.remote_id} is no longer in the mirror.",
+                                              "code": "run_gone", "param": None, "request_id": None}})
+                return
+            chunks = self._changes(run)
+            for chunk in chunks:
+                self.events_sent += 1
+                yield chunk
+            now = time.monotonic()
+            if chunks:
+                last_sent = now
+            elif now - last_sent >= self.heartbeat:
+                last_sent = now
+                yield b": heartbeat\n\n"
+            if run.is_terminal:
+                terminal_since = terminal_since or now
+                if run.steps_synced_for == details_marker(run) or now - terminal_since >= self.settle:
+                    # One more look, in case the last details landed after this tick's reads.
+                    yield from self._changes(Run.objects.select_related("thread").get(pk=self.run_pk))
+                    yield sse("done", "[DONE]")
+                    return
+            time.sleep(self.tick)
+
+    def _hurry_poller(self) -> None:
+        """A watched run is polled now, not at its (possibly slow) next turn."""
+        updated = Run.objects.active().filter(pk=self.run_pk).update(next_poll_at=timezone.now())
+        if updated:
+            from runs_app import poller
+
+            try:
+                poller.wake()
+            except Exception as exc:  # a feed must open even if the broker is down
+                logger.warning("could not wake the poller: %s", exc)
+
+    def _changes(self, run: Run) -> list[bytes]:
+        out: list[bytes] = []
+        run_key = (run.status, run.synced_at, run.steps_synced_for)
+        run_changed = run_key != self._run_seen
+        self._run_seen = run_key
+        run_event = sse(f"thread.run.{run.status}", run_object(run)) if run_changed else None
+        if run_event and not run.is_terminal:
+            out.append(run_event)  # the new status first, then what came with it
+        for step in RunStep.objects.filter(run_id=run.pk).order_by("created_at", "id"):
+            key = (step.status, step.synced_at)
+            if self._steps_seen.get(step.pk) != key:
+                self._steps_seen[step.pk] = key
+                out.append(sse(f"thread.run.step.{step.status}", step_object(step, run)))
+        messages = Message.objects.filter(Q(run_id=run.pk) | Q(run_remote_id=run.remote_id, connection=run.connection))
+        for message in messages.order_by("created_at", "id"):
+            key = (message.status, message.synced_at)
+            if self._messages_seen.get(message.pk) != key:
+                self._messages_seen[message.pk] = key
+                out.append(sse(f"thread.message.{message.status or 'completed'}", message_object(message)))
+        if run_event and run.is_terminal:
+            out.append(run_event)  # a terminal status last, after the final text
+        return out

@@ -1,0 +1,276 @@
+"""The live pages: watch a run as it happens, start one on a thread, answer its tool calls, cancel it.
+
+- ``GET  threads/<thread_id>/live/``               the thread's messages and a form to start a run
+- ``POST threads/<thread_id>/live/runs/``          add the user message, start a run, relay its stream
+- ``GET  runs/<run_id>/live/``                     watch any run (fed by ``runs/<run_id>/events/``)
+- ``GET  runs/<run_id>/events/``                   the run's mirror changes as server-sent events (``feed``)
+- ``POST runs/<run_id>/live/tool-outputs/``        submit tool outputs, relay the continued stream
+- ``POST runs/<run_id>/live/cancel/``              cancel the run (JSON answer)
+
+Active staff only (pages redirect to the admin login, the endpoints the page's script calls answer 403 JSON);
+every POST is CSRF-protected here, whatever the site's middleware, and needs the admin's model permission
+for what it does. Errors are JSON ``{"error": {"message", "code", "param", "request_id"}}``: 400 with the
+field for bad input, the service's own status, message and request id for its refusals, 502 when it fails.
+Model output is rendered as text (template autoescaping, ``textContent`` in ``live.js``), never as HTML.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import ValidationError
+from django.http import Http404, JsonResponse
+from django.shortcuts import render
+from django.urls import NoReverseMatch, reverse
+from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.http import require_GET, require_POST
+
+from runs_app import relay, services
+from runs_app.assistants import APIStatusError, AssistantsError
+from runs_app.feed import MirrorFeed, run_object
+from runs_app.models import Message, Run, Thread
+
+ID_HELP = "Ids look like thread_abc123 / run_abc123."
+
+
+# --- access -------------------------------------------------------------------------------------------
+
+def _error(status: int, message: str, *, code: str, param: str | None = None, request_id: str | None = None):
+    return JsonResponse({"error": {"message": message, "code": code, "param": param, "request_id": request_id}},
+                        status=status)
+
+
+def staff_endpoint(*perms: str):
+    """For the endpoints the page's script calls: 403 JSON (not a login redirect) for anyone but active staff
+    holding ``perms``."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapped(request, *args, **kwargs):
+            user = request.user
+            if not (user.is_authenticated and user.is_active and user.is_staff):
+                return _error(403, "Only staff users may use the live pages; log in to the admin first.",
+                              code="forbidden")
+            missing = [p for p in perms if not user.has_perm(p)]
+            if missing:
+                return _error(403, f"This action needs the permission(s): {', '.join(missing)}.",
+                              code="permission_denied")
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def _service_error(exc: AssistantsError) -> JsonResponse:
+    """The service's refusal with its own status, message and request id; its failures as 502."""
+    if isinstance(exc, APIStatusError) and 400 <= exc.status < 500 and exc.status not in (401, 403):
+        response = _error(exc.status, exc.message, code=exc.code or "service_error", param=exc.param,
+                          request_id=exc.request_id)
+        if exc.status == 429 and getattr(exc, "retry_after", None):
+            response["Retry-After"] = str(int(exc.retry_after + 0.999))
+        return response
+    return _error(502, f"The service failed: {exc}", code="service_unavailable",
+                  request_id=getattr(exc, "request_id", None))
+
+
+def _validation_error(exc: ValidationError) -> JsonResponse:
+    errors = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+    field, messages = next(iter(errors.items()))
+    return _error(400, f"{field}: {' '.join(messages)}", code="invalid", param=field)
+
+
+def _lookup(model, remote_id: str, request):
+    """The mirror row with this remote id (``?connection=`` picks one when several connections have it)."""
+    rows = model.objects.filter(remote_id=remote_id)
+    connection = request.GET.get("connection") or request.POST.get("connection")
+    if connection:
+        rows = rows.filter(connection=connection)
+    if model is Run:
+        rows = rows.select_related("thread")
+    found = list(rows[:2])
+    if not found:
+        raise Http404(f"{remote_id} is not in the mirror. Import its thread from the admin first. {ID_HELP}")
+    if len(found) > 1:
+        raise Http404(f"{remote_id} exists on several connections; add ?connection=NAME.")
+    return found[0]
+
+
+def _admin_url(name: str, *args) -> str | None:
+    try:
+        return reverse(name, args=args)
+    except NoReverseMatch:
+        return None
+
+
+def _body(request) -> dict:
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except ValueError as exc:
+            raise ValidationError({"body": [f"Not valid JSON: {exc}"]}) from exc
+        if not isinstance(data, dict):
+            raise ValidationError({"body": ["Send a JSON object."]})
+        return data
+    return request.POST.dict()
+
+
+# --- pages --------------------------------------------------------------------------------------------
+
+def _live_urls() -> dict:
+    """URL templates for the page's script (``RUN_ID`` replaced there)."""
+    return {
+        "events": reverse("runs_app:run-events", args=["RUN_ID"]),
+        "live": reverse("runs_app:run-live", args=["RUN_ID"]),
+        "tool_outputs": reverse("runs_app:run-live-tool-outputs", args=["RUN_ID"]),
+        "cancel": reverse("runs_app:run-live-cancel", args=["RUN_ID"]),
+        "admin_run": (_admin_url("admin:runs_app_run_changelist") or "") + "?q=RUN_ID",
+    }
+
+
+def _assistant_choices(thread: Thread) -> tuple[list[dict], str | None]:
+    """The service's assistants (first page), else the ones this mirror has seen run on the connection."""
+    try:
+        page = services.get_client(thread.connection).list_assistants(limit=100)
+        return [{"id": a["id"], "name": a.get("name") or "", "model": a.get("model") or ""}
+                for a in page.get("data", [])], None
+    except AssistantsError as exc:
+        seen = (Run.objects.filter(connection=thread.connection).exclude(assistant_id="")
+                .values_list("assistant_id", flat=True).distinct()[:100])
+        return [{"id": a, "name": "", "model": ""} for a in seen], f"Could not list the service's assistants: {exc}"
+
+
+@staff_member_required
+@require_GET
+def thread_live(request, thread_id: str):
+    thread = _lookup(Thread, thread_id, request)
+    if not request.user.has_perm("runs_app.view_thread"):
+        raise Http404("You may not view threads.")
+    runs = list(thread.runs.order_by("-created_at", "-id")[:20])
+    current = next((r for r in runs if not r.is_terminal), None)
+    messages = Message.objects.filter(thread=thread).order_by("created_at", "id")
+    run_messages = []
+    if current is not None:  # the current run's messages are shown (and grow) in the live panel
+        run_messages = list(messages.filter(run_remote_id=current.remote_id))
+        messages = messages.exclude(run_remote_id=current.remote_id)
+    assistants, assistants_error = _assistant_choices(thread)
+    last_assistant = next((r.assistant_id for r in runs if r.assistant_id), "")
+    return render(request, "runs_app/live_thread.html", {
+        "title": f"Thread {thread.remote_id} — live", "thread": thread, "messages": list(messages), "runs": runs,
+        "run_messages": run_messages,
+        "current": current, "assistants": assistants, "assistants_error": assistants_error,
+        "last_assistant": last_assistant, "urls": _live_urls(),
+        "start_url": reverse("runs_app:thread-live-runs", args=[thread.remote_id]),
+        "admin_thread_url": _admin_url("admin:runs_app_thread_change", thread.pk),
+        "can_start": request.user.has_perm("runs_app.add_run"),
+    })
+
+
+@staff_member_required
+@require_GET
+def run_live(request, run_id: str):
+    run = _lookup(Run, run_id, request)
+    if not request.user.has_perm("runs_app.view_run"):
+        raise Http404("You may not view runs.")
+    messages = Message.objects.filter(thread=run.thread).exclude(run_remote_id=run.remote_id).filter(
+        created_at__lte=run.created_at).order_by("created_at", "id") if run.created_at else Message.objects.none()
+    return render(request, "runs_app/live_run.html", {
+        "title": f"Run {run.remote_id} — live", "run": run, "thread": run.thread,
+        "earlier_messages": list(messages)[-20:], "urls": _live_urls(),
+        "run_messages": list(Message.objects.filter(run_remote_id=run.remote_id, connection=run.connection)
+                             .order_by("created_at", "id")),
+        "admin_run_url": _admin_url("admin:runs_app_run_change", run.pk),
+        "thread_live_url": reverse("runs_app:thread-live", args=[run.thread.remote_id]),
+        "can_cancel": request.user.has_perm("runs_app.cancel_run"),
+        "can_submit": request.user.has_perm("runs_app.submit_tool_outputs"),
+    })
+
+
+# --- endpoints the page's script calls ----------------------------------------------------------------------
+
+@require_GET
+@staff_endpoint("runs_app.view_run")
+def run_events(request, run_id: str):
+    try:
+        run = _lookup(Run, run_id, request)
+    except Http404 as exc:
+        return _error(404, str(exc), code="not_found", param="run_id")
+    return _sse(MirrorFeed(run))
+
+
+@require_POST
+@csrf_protect
+@staff_endpoint("runs_app.add_run")
+def thread_live_runs(request, thread_id: str):
+    try:
+        thread = _lookup(Thread, thread_id, request)
+    except Http404 as exc:
+        return _error(404, str(exc), code="not_found", param="thread_id")
+    try:
+        data = _body(request)
+        assistant_id = str(data.get("assistant_id") or "").strip()
+        content = str(data.get("content") or "")
+        instructions = str(data.get("instructions") or "").strip() or None
+        services.validate_run_request(assistant_id, {})
+        if not content.strip():
+            raise ValidationError({"content": ["Write a message for the assistant."]})
+        active = thread.runs.active().order_by("-created_at").first()
+        if active is not None:
+            raise ValidationError({"thread_id": [
+                f"Run {active.remote_id} is still {active.status} on this thread; watch or cancel it first."]})
+        message = services.message_create(thread=thread, content=content, user=request.user)
+        stream = relay.run_create_stream(thread=thread, assistant_id=assistant_id, user=request.user,
+                                         instructions=instructions)
+    except ValidationError as exc:
+        return _validation_error(exc)
+    except AssistantsError as exc:
+        return _service_error(exc)
+    response = _sse(stream)
+    response["X-Runs-App-Message"] = message.remote_id
+    return response
+
+
+@require_POST
+@csrf_protect
+@staff_endpoint("runs_app.submit_tool_outputs")
+def run_live_tool_outputs(request, run_id: str):
+    try:
+        run = _lookup(Run, run_id, request)
+    except Http404 as exc:
+        return _error(404, str(exc), code="not_found", param="run_id")
+    try:
+        data = _body(request)
+        outputs = data.get("tool_outputs")
+        if outputs is None:  # a plain form: one field per call, named by its id
+            outputs = [{"tool_call_id": c["id"], "output": data.get(c["id"], "")} for c in run.pending_tool_calls
+                       if c.get("id") in data]
+        stream = relay.run_submit_tool_outputs_stream(run=run, tool_outputs=outputs, user=request.user)
+    except ValidationError as exc:
+        return _validation_error(exc)
+    except AssistantsError as exc:
+        return _service_error(exc)
+    return _sse(stream)
+
+
+@require_POST
+@csrf_protect
+@staff_endpoint("runs_app.cancel_run")
+def run_live_cancel(request, run_id: str):
+    try:
+        run = _lookup(Run, run_id, request)
+    except Http404 as exc:
+        return _error(404, str(exc), code="not_found", param="run_id")
+    try:
+        run = services.run_cancel(run=run, user=request.user)
+    except ValidationError as exc:
+        return _validation_error(exc)
+    except AssistantsError as exc:
+        return _service_error(exc)
+    return JsonResponse({"run": run_object(run)})
+
+
+def _sse(iterable):
+    return relay.sse_response(iterable)
+
