@@ -78,9 +78,9 @@ class MirrorFeed:
         self.run_pk = run.pk
         self.remote_id = run.remote_id
         self.tick, self.heartbeat, self.settle = tick, heartbeat, settle
-        self._run_seen: tuple | None = None
-        self._steps_seen: dict[int, tuple] = {}
-        self._messages_seen: dict[int, tuple] = {}
+        self._run_seen: bytes | None = None
+        self._steps_seen: dict[int, bytes] = {}
+        self._messages_seen: dict[int, bytes] = {}
         self.events_sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
@@ -128,24 +128,27 @@ class MirrorFeed:
                 logger.warning("could not wake the poller: %s", exc)
 
     def _changes(self, run: Run) -> list[bytes]:
+        """Events for what differs from what this feed already sent (compared by content: a poll that found
+        nothing new rewrites timestamps, not the objects)."""
         out: list[bytes] = []
-        run_key = (run.status, run.synced_at, run.steps_synced_for)
-        run_changed = run_key != self._run_seen
-        self._run_seen = run_key
-        run_event = sse(f"thread.run.{run.status}", run_object(run)) if run_changed else None
+        run_event = sse(f"thread.run.{run.status}", run_object(run))
+        if run_event == self._run_seen:
+            run_event = None
+        else:
+            self._run_seen = run_event
         if run_event and not run.is_terminal:
             out.append(run_event)  # the new status first, then what came with it
         for step in RunStep.objects.filter(run_id=run.pk).order_by("created_at", "id"):
-            key = (step.status, step.synced_at)
-            if self._steps_seen.get(step.pk) != key:
-                self._steps_seen[step.pk] = key
-                out.append(sse(f"thread.run.step.{step.status}", step_object(step, run)))
+            event = sse(f"thread.run.step.{step.status}", step_object(step, run))
+            if self._steps_seen.get(step.pk) != event:
+                self._steps_seen[step.pk] = event
+                out.append(event)
         messages = Message.objects.filter(Q(run_id=run.pk) | Q(run_remote_id=run.remote_id, connection=run.connection))
         for message in messages.order_by("created_at", "id"):
-            key = (message.status, message.synced_at)
-            if self._messages_seen.get(message.pk) != key:
-                self._messages_seen[message.pk] = key
-                out.append(sse(f"thread.message.{message.status or 'completed'}", message_object(message)))
+            event = sse(f"thread.message.{message.status or 'completed'}", message_object(message))
+            if self._messages_seen.get(message.pk) != event:
+                self._messages_seen[message.pk] = event
+                out.append(event)
         if run_event and run.is_terminal:
             out.append(run_event)  # a terminal status last, after the final text
         return out

@@ -34,7 +34,8 @@ def browser_page(chromium_path, monkeypatch):
                   "--disable-sync", "--no-first-run", "--disable-quic"],
         )
         try:
-            yield browser.new_page(viewport={"width": 1800, "height": 1000})
+            # A context of its own, so a test can open a second tab in the same session (context.new_page()).
+            yield browser.new_context(viewport={"width": 1800, "height": 1000}).new_page()
         finally:
             # Inside playwright's event loop asgiref gives this context its own database connection:
             # close it here, or PostgreSQL cannot drop the test database.

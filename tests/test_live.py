@@ -11,7 +11,7 @@ from django.test import Client
 
 from runs_app import services
 from runs_app.feed import MirrorFeed
-from runs_app.models import Message, OperatorAction, Run
+from runs_app.models import Message, OperatorAction, PollerLane, Run
 from tests.client_helpers import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -207,13 +207,15 @@ def test_feed_of_a_finished_run_sends_its_state_then_done(mirror_settings, assis
 
 def test_feed_follows_a_run_the_poller_updates(mirror_settings, assistant, q_cluster):
     q_cluster()
+    wait_for(lambda: PollerLane.objects.filter(cycles__gt=0).exists(), timeout=60)  # the poller is running
     run = services.thread_and_run_create(assistant_id=assistant["id"], thread={
-        "messages": [{"role": "user", "content": "take your time [slow:2]"}]})
+        "messages": [{"role": "user", "content": "take your time [slow:4]"}]})
     feed = MirrorFeed(Run.objects.get(pk=run.pk), tick=0.05)
     events = frames(b"".join(feed))
     statuses = [n for n, _ in events if n.startswith("thread.run.") and not n.startswith("thread.run.step.")]
     assert statuses[0] in ("thread.run.queued", "thread.run.in_progress")
     assert statuses[-1] == "thread.run.completed" and events[-1][0] == "done"
+    assert statuses.count("thread.run.completed") == 1
     assert "thread.run.in_progress" in statuses  # seen while it ran, not only at the end
     assert any(n == "thread.message.completed" for n, _ in events)
 

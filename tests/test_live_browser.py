@@ -155,13 +155,14 @@ def test_model_output_with_html_is_shown_as_text(page, stack, assistant):
     wait_status(page, "completed")
     page.wait_for_selector('.runs-live[data-live="finished"]')
     assert HTML in page.inner_text(ASSISTANT_TEXT)
-    assert page.locator("#content img").count() == 0 and page.locator("#content script").count() == 0
+    assert page.locator("#content img").count() == 0 and page.locator(".live-messages script").count() == 0
     run_id = run_id_on(page)
-    for url in (f"/threads/{thread.remote_id}/live/", f"/runs/{run_id}/live/"):  # server-rendered and fed
+    for url, text in [(f"/threads/{thread.remote_id}/live/", "#thread-messages li.role-assistant .text"),  # rendered
+                      (f"/runs/{run_id}/live/", ASSISTANT_TEXT)]:  # server-rendered, then from the feed
         page.goto(stack.url + url)
-        page.wait_for_function(f"() => document.querySelector('{ASSISTANT_TEXT}') && "
-                               f"document.querySelector('{ASSISTANT_TEXT}').textContent.includes('onerror')")
-        assert HTML in page.inner_text(ASSISTANT_TEXT)
+        page.wait_for_function(f"() => document.querySelector('{text}') && "
+                               f"document.querySelector('{text}').textContent.includes('onerror')")
+        assert HTML in page.inner_text(text)
         assert page.locator("#content img").count() == 0
     shot(page, "html-as-text")
 

@@ -238,8 +238,9 @@
     if (name === "error") {
       var e = data.error || {};
       root.dataset.streamLost = "1";
-      show(el.error, "The stream was lost: " + (e.message || raw) + (e.request_id ? " (request id " + e.request_id + ")" : "")
-        + " Following the run through the mirror.");
+      var said = e.message || raw;
+      if (e.request_id && said.indexOf(e.request_id) < 0) said += " (request id " + e.request_id + ")";
+      show(el.error, "The stream was lost: " + said + " Following the run through the mirror.");
       return;
     }
     if (name.indexOf("thread.run.step.") === 0) { return name === "thread.run.step.delta" ? stepDelta(data) : upsertStep(data); }
@@ -326,8 +327,14 @@
         show(el.error, "The stream was lost before the run finished. Following the run through the mirror.");
       }
       if (root.dataset.streamLost && runId) return watch(runId);
-      setState(run && isTerminal(run.status) ? "finished" : "stream ended");
+      setState(endState());
     });
+  }
+
+  function endState() {
+    if (!run) return "stream ended";
+    if (isTerminal(run.status)) return "finished";
+    return run.status === "requires_action" ? "waiting for tool outputs" : "stream ended";
   }
 
   /* GET the mirror's event feed for a run (any run, also one the poller follows). Reconnects if it drops. */
@@ -400,7 +407,7 @@
             show(el.error, "The stream was lost before the run finished. Following the run through the mirror.");
           }
           if (root.dataset.streamLost && runId) return watch(runId);
-          setState(run && isTerminal(run.status) ? "finished" : "stream ended");
+          setState(endState());
           if (!run || isTerminal(run.status)) setStartEnabled(true);
         });
       }, function (err) {
