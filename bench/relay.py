@@ -7,7 +7,7 @@ Starts a standalone emulator (`python -m emulator --speed 1`), a fresh database 
 process: it forwards bytes both ways and notes the time each upstream SSE event (de-chunked) passes it.
 
 (a) Latency: `--latency-runs` runs, one after the other, each `stream: true` through the site's API
-    (`POST /api/threads/runs/`) with `[words:N] [slow:S]`, so events arrive spaced out. For each event:
+    (`POST /api/threads/{id}/runs/` on a thread created just before) with `[words:N] [slow:S]`, so events arrive spaced out. For each event:
     added = (arrival at this client through the relay) − (passage through the tap, i.e. when a client reading
     the emulator directly would have had it), same clock, same process. The relay's work in between is
     reading, applying the event to the mirror (one transaction), re-emitting, and gunicorn's write.
@@ -276,13 +276,19 @@ def _port_open(port: int) -> bool:
 
 
 def relayed_stream(stack: Stack, assistant_id: str, text: str) -> tuple[list[tuple[bytes, float]], dict]:
-    """POST a streamed thread-and-run through the site; returns each frame with its arrival time."""
+    """Create a thread, then POST a streamed run on it through the site (the service's stream relayed as is);
+    returns each frame with its arrival time."""
     import requests
 
     frames: list[tuple[bytes, float]] = []
-    with requests.post(f"{stack.web_url}/api/threads/runs/", auth=("bench", PASSWORD), stream=True, timeout=120,
-                       json={"assistant_id": assistant_id, "stream": True,
-                             "thread": {"messages": [{"role": "user", "content": text}]}}) as resp:
+    session = requests.Session()
+    session.auth = ("bench", PASSWORD)
+    thread = session.post(f"{stack.web_url}/api/threads/", timeout=120,
+                          json={"messages": [{"role": "user", "content": text}]})
+    if thread.status_code != 201:
+        raise RuntimeError(f"creating the thread answered {thread.status_code}: {thread.text[:300]}")
+    with session.post(f"{stack.web_url}/api/threads/{thread.json()['id']}/runs/", stream=True, timeout=120,
+                      json={"assistant_id": assistant_id, "stream": True}) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"relay answered {resp.status_code}: {resp.text[:300]}")
         buf = b""
@@ -306,7 +312,7 @@ def upstream_for(stack: Stack, frames: list[tuple[bytes, float]]) -> list[tuple[
 
 
 EXPECTED = re.compile(
-    r"thread\.created thread\.run\.created thread\.run\.queued thread\.run\.in_progress "
+    r"thread\.run\.created thread\.run\.queued thread\.run\.in_progress "
     r"thread\.run\.step\.created thread\.run\.step\.in_progress thread\.message\.created thread\.message\.in_progress "
     r"(thread\.message\.delta ){N}thread\.message\.completed thread\.run\.step\.completed thread\.run\.completed done")
 
@@ -318,8 +324,12 @@ def check_stream(frames, upstream, words: int) -> list[str]:
         problems.append(f"unexpected event order: {names[:300]}")
     if upstream is None:
         problems.append("no upstream record")
-    elif [f for f, _ in upstream] != [f for f, _ in frames if not f.startswith(b"event: done")]:
-        problems.append(f"relayed frames differ from upstream ({len(frames)} vs {len(upstream)})")
+    else:
+        up, down = [f for f, _ in upstream], [f for f, _ in frames]
+        if up != down:
+            at = next((i for i, (a, b) in enumerate(zip(up, down, strict=False)) if a != b), min(len(up), len(down)))
+            problems.append(f"relayed frames differ from upstream ({len(down)} vs {len(up)}), first at {at}: "
+                            f"{down[at:at + 1]!r} vs {up[at:at + 1]!r}"[:600])
     return problems
 
 

@@ -39,7 +39,18 @@ _END = object()
 
 
 class Relay:
-    """Iterate to get SSE bytes. Applies events to the mirror on the iterating thread."""
+    """Iterate to get SSE bytes.
+
+    Three parts, so that the browser never waits for the database: a reader thread reads the service's stream
+    and hands each event (with its arrival time) to the iterating thread, which re-emits it at once, and to
+    the *applier*, which applies the events to the mirror in order (consecutive text deltas of one message
+    folded into one write). When the stream ends (done, broken, or the client gone) the iterating thread
+    waits for the applier to finish, so the mirror is complete when the response closes.
+
+    The applier is a thread of its own, with its own database connection, unless the response is iterated
+    inside a transaction (``atomic``), whose uncommitted rows only that connection sees: then each event is
+    applied on the iterating thread right after it was sent.
+    """
 
     def __init__(self, stream: EventStream, *, connection: str, audit: ActionAudit | None = None,
                  heartbeat: float = HEARTBEAT_SECONDS):
@@ -49,14 +60,23 @@ class Relay:
         self._heartbeat = heartbeat
         self._started = timezone.now()
         self._events: queue.Queue = queue.Queue(maxsize=1000)
+        self._to_apply: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self.run_remote_id: str | None = None
         self.finished = False
+        self.apply_failed = False
         self.events_relayed = 0
+        self.writes = 0
 
     def __iter__(self) -> Iterator[bytes]:
+        from django.db import connection as db
+
         reader = threading.Thread(target=self._read, name="runs-relay-reader", daemon=True)
         reader.start()
+        applier = None
+        if not db.in_atomic_block:
+            applier = threading.Thread(target=self._apply_loop, name="runs-relay-applier", daemon=True)
+            applier.start()
         try:
             while True:
                 try:
@@ -69,14 +89,27 @@ class Relay:
                 if isinstance(item, Exception):
                     yield self._error_event(item)
                     break
-                yield self._relay(item)
-                if item.name == "done":
+                event, _ = item
+                self.events_relayed += 1
+                try:
+                    yield f"event: {event.name}\ndata: {event.raw}\n\n".encode()
+                finally:  # applied even if the client went away at this very event
+                    if event.name != "done":
+                        self._to_apply.put(item)
+                        if applier is None:
+                            self._apply_pending()
+                if event.name == "done":
                     self.finished = True
                     break
         finally:
             self._stop.set()
             self._stream.close()
-            if not self.finished:
+            self._to_apply.put(_END)
+            if applier is not None:
+                applier.join(timeout=120)
+            else:
+                self._apply_pending()
+            if not self.finished or self.apply_failed:
                 self._hand_to_poller()
 
     def _read(self) -> None:
@@ -85,25 +118,50 @@ class Relay:
             for event in self._stream:
                 if self._stop.is_set():
                     return
-                self._events.put(event)
+                self._events.put((event, timezone.now()))
             self._events.put(_END)
         except Exception as exc:  # handed to the iterating thread, which reports it to the client
             self._events.put(exc)
 
-    def _relay(self, event) -> bytes:
-        self.events_relayed += 1
-        if event.name != "done":
-            seen = Observation(Source.STREAM, self._started, timezone.now())
-            row = sync.apply_event(event.name, event.data, connection=self._connection, seen=seen)
-            if isinstance(row, Run) and self.run_remote_id is None:
-                self.run_remote_id = row.remote_id
-                if self._audit is not None:
-                    self._audit.action.target = row.remote_id
-                    self._audit.succeeded({"stream": True, "run_id": row.remote_id}, run=row, thread=row.thread)
-            if event.name == "thread.run.requires_action" or (
-                    event.name.startswith("thread.run.") and isinstance(row, Run) and row.is_terminal):
-                self._sync_details(row)
-        return f"event: {event.name}\ndata: {event.raw}\n\n".encode()
+    def _apply_loop(self) -> None:
+        from django.db import connection as db
+
+        try:
+            while not self._apply_pending(block=True):
+                pass
+        finally:
+            db.close()
+
+    def _apply_pending(self, block: bool = False) -> bool:
+        """Apply what is queued (waiting for the first item if ``block``). True once the end was reached."""
+        batch = []
+        try:
+            batch.append(self._to_apply.get(block=block))
+            while True:
+                batch.append(self._to_apply.get_nowait())
+        except queue.Empty:
+            pass
+        ended = bool(batch) and batch[-1] is _END
+        for event, received in coalesce([item for item in batch if item is not _END]):
+            try:
+                self._apply(event, received)
+            except Exception:  # the stream goes on; the poller repairs the mirror afterwards
+                self.apply_failed = True
+                logger.exception("applying %s of %s to the mirror failed", event.name, self.run_remote_id)
+        return ended
+
+    def _apply(self, event, received) -> None:
+        self.writes += 1
+        seen = Observation(Source.STREAM, self._started, received)
+        row = sync.apply_event(event.name, event.data, connection=self._connection, seen=seen)
+        if isinstance(row, Run) and self.run_remote_id is None:
+            self.run_remote_id = row.remote_id
+            if self._audit is not None:
+                self._audit.action.target = row.remote_id
+                self._audit.succeeded({"stream": True, "run_id": row.remote_id}, run=row, thread=row.thread)
+        if event.name == "thread.run.requires_action" or (
+                event.name.startswith("thread.run.") and isinstance(row, Run) and row.is_terminal):
+            self._sync_details(row)
 
     def _sync_details(self, run: Run) -> None:
         try:
@@ -131,6 +189,39 @@ class Relay:
             poller.ensure_running()
         except Exception as exc:  # never let the hand-over break the response's cleanup
             logger.warning("could not wake the poller: %s", exc)
+
+
+def coalesce(items: list) -> list:
+    """Consecutive ``thread.message.delta`` events of one message folded into one (text concatenated per
+    content index), so a fast stream costs one mirror write per batch, not one per token."""
+    out: list = []
+    for event, received in items:
+        if (event.name == "thread.message.delta" and out and out[-1][0].name == "thread.message.delta"
+                and isinstance(event.data, dict) and isinstance(out[-1][0].data, dict)
+                and event.data.get("id") == out[-1][0].data.get("id")):
+            previous = out[-1][0]
+            merged = dict(previous.data, delta={"content": _merge_parts(
+                (previous.data.get("delta") or {}).get("content") or [],
+                (event.data.get("delta") or {}).get("content") or [])})
+            out[-1] = (type(event)(event.name, merged, event.raw), received)
+        else:
+            out.append((event, received))
+    return out
+
+
+def _merge_parts(parts: list, more: list) -> list:
+    merged = [dict(p) for p in parts]
+    for part in more:
+        index = part.get("index")
+        target = next((m for m in merged if index is not None and m.get("index") == index), None)
+        if target is None:
+            merged.append(dict(part))
+        else:
+            combined = sync.merge_delta({k: v for k, v in target.items() if k != "index"},
+                                        {k: v for k, v in part.items() if k != "index"})
+            target.clear()
+            target.update(combined, index=index)
+    return merged
 
 
 # --- entry points -----------------------------------------------------------------------------------

@@ -385,6 +385,8 @@ def test_stream_create_thread_and_run_then_submit_tool_outputs_end_to_end(mirror
     names = [name for name, _ in events]
     assert names[:2] == ["thread.created", "thread.run.created"] and names[-2:] == [
         "thread.run.requires_action", "done"]
+    created_thread = json.loads(events[0][1])  # the split create's thread.created carries the thread object
+    assert created_thread["object"] == "thread" and created_thread["id"] == json.loads(events[1][1])["thread_id"]
     waiting = json.loads(events[-2][1])
     run_id, thread_id = waiting["id"], waiting["thread_id"]
     mirrored = api.get(f"/api/runs/{run_id}/").json()

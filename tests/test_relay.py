@@ -86,3 +86,38 @@ def test_sse_response_headers(mirror_settings, assistant):
     assert response["Content-Type"] == "text/event-stream"
     assert response["Cache-Control"] == "no-cache" and response["X-Accel-Buffering"] == "no"
     b"".join(response.streaming_content)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_mirror_is_written_by_the_applier_thread(mirror_settings, assistant):
+    """The production path: events go out without waiting for the database; consecutive text deltas are folded
+    into fewer writes; the mirror is complete when the response ends."""
+    thread = services.thread_create(messages=[{"role": "user", "content": "a long one [words:300]"}])
+    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    events, _ = frames(stream)
+    text = "".join(__import__("json").loads(d)["delta"]["content"][0]["text"]["value"]
+                   for n, d in events if n == "thread.message.delta")
+    assert len(text.split()) == 300 and events[-1][0] == "done"
+    run = Run.objects.get(remote_id=stream.run_remote_id)  # committed by the applier before the response ended
+    assert run.status == "completed" and Message.objects.get(run=run, role="assistant").text == text
+    assert stream.writes < stream.events_relayed - 1 and not stream.apply_failed
+
+
+def test_coalesce_folds_consecutive_deltas_of_one_message_only():
+    from runs_app.assistants.streaming import Event
+
+    def delta(mid, value, index=0):
+        return Event("thread.message.delta", {"id": mid, "object": "thread.message.delta", "delta": {
+            "content": [{"index": index, "type": "text", "text": {"value": value}}]}}, "")
+
+    step = Event("thread.run.step.completed", {"id": "step_1"}, "")
+    items = [(delta("m1", "Hel"), 1), (delta("m1", "lo"), 2), (delta("m1", "!", 1), 3), (step, 4),
+             (delta("m1", " again"), 5), (delta("m2", "x"), 6)]
+    out = relay.coalesce(items)
+    assert [e.name for e, _ in out] == ["thread.message.delta", "thread.run.step.completed", "thread.message.delta",
+                                        "thread.message.delta"]
+    first, received = out[0]
+    assert received == 3  # the folded text is the state as of the last delta's arrival
+    assert first.data["delta"]["content"] == [{"index": 0, "type": "text", "text": {"value": "Hello"}},
+                                              {"index": 1, "type": "text", "text": {"value": "!"}}]
+    assert out[2][0].data["delta"]["content"][0]["text"]["value"] == " again" and out[3][0].data["id"] == "m2"

@@ -7,6 +7,7 @@ retry and duplicate-run rules.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -247,7 +248,8 @@ class AssistantsClient:
         created = self.create_thread(**_drop_none(dict(thread or {})))
         result = self._create_run(created["id"], assistant_id, None, fields, stream=stream)
         if stream:
-            return _PrependedStream(Event("thread.created", created, ""), result)
+            raw = json.dumps(created, separators=(",", ":"), ensure_ascii=False)
+            return _PrependedStream(Event("thread.created", created, raw), result)
         return result
 
     def _find_tagged(self, list_path: str, tag: str) -> Callable[[], dict | None]:
