@@ -3,14 +3,16 @@
 
 Starts a standalone emulator (`python -m emulator --speed 1`), a fresh database (SQLite file by default,
 `--database postgres` for a fresh PostgreSQL database on 127.0.0.1), and the demo site under
-`gunicorn -k gthread` (`--workers`, `--threads`). Between the site and the emulator sits a TCP tap in this
+gunicorn with its production config (`project/gunicorn.conf.py`: gthread; `--workers`, `--threads`).
+Between the site and the emulator sits a TCP tap in this
 process: it forwards bytes both ways and notes the time each upstream SSE event (de-chunked) passes it.
 
 (a) Latency: `--latency-runs` runs, one after the other, each `stream: true` through the site's API
-    (`POST /api/threads/{id}/runs/` on a thread created just before) with `[words:N] [slow:S]`, so events arrive spaced out. For each event:
-    added = (arrival at this client through the relay) − (passage through the tap, i.e. when a client reading
-    the emulator directly would have had it), same clock, same process. The relay's work in between is
-    reading, applying the event to the mirror (one transaction), re-emitting, and gunicorn's write.
+    (`POST /api/threads/{id}/runs/` on a thread created just before) with `[words:N] [slow:S]`, so events
+    arrive spaced out. For each event: added = (arrival at this client through the relay) − (passage through
+    the tap, i.e. when a client reading the emulator directly would have had it), same clock, same process.
+    In between: the relay's reader thread, its re-emission, gunicorn's write (the mirror write is off this
+    path, on the relay's applier thread).
 (b) Concurrency: `--streams` clients at once, each relaying one run of `[words:N] [slow:S]`. A stream passes
     when its event names follow the protocol's order for a streamed run (created, queued, in_progress, step
     created/in_progress, message created/in_progress, N message deltas, message completed, step completed,
@@ -197,6 +199,7 @@ class Stack:
     def __init__(self, args):
         self.procs: list[subprocess.Popen] = []
         self.files: list[Path] = []
+        self.logs: dict[str, Path] = {}
         self.args = args
 
     def start(self):
@@ -229,18 +232,23 @@ class Stack:
                         "from django.contrib.auth import get_user_model; "
                         f"get_user_model().objects.create_superuser('bench', 'b@example.com', '{PASSWORD}')"],
                        cwd=REPO_ROOT, env=env, check=True)
+        # A DRF token, as an API client would use: HTTP Basic would hash the password (PBKDF2) on every request.
+        out = subprocess.run([sys.executable, "manage.py", "drf_create_token", "bench"], cwd=REPO_ROOT, env=env,
+                             check=True, capture_output=True, text=True).stdout
+        self.token = out.split()[2]
         web_port = free_port()
         self.web_url = f"http://127.0.0.1:{web_port}"
         gunicorn = Path(sys.executable).with_name("gunicorn")
-        self._spawn([str(gunicorn), "project.wsgi", "-b", f"127.0.0.1:{web_port}", "-k", "gthread",
-                     "--workers", str(self.args.workers), "--threads", str(self.args.threads), "--timeout", "120",
-                     "--graceful-timeout", "5", "--log-level", "warning"], "gunicorn", env=env,
+        self._spawn([str(gunicorn), "-c", "project/gunicorn.conf.py", "project.wsgi", "-b", f"127.0.0.1:{web_port}",
+                     "--workers", str(self.args.workers), "--threads", str(self.args.threads),
+                     "--log-level", "warning", "--access-logfile", "/dev/null"], "gunicorn", env=env,
                     ready=lambda: _port_open(web_port))
         return self
 
     def _spawn(self, cmd, name, *, env=None, ready):
         log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-relay-{name}-", suffix=".log", delete=False)  # noqa: SIM115
         self.files.append(Path(log.name))
+        self.logs[name] = Path(log.name)
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env or {**os.environ}, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs.append(proc)
@@ -282,7 +290,7 @@ def relayed_stream(stack: Stack, assistant_id: str, text: str) -> tuple[list[tup
 
     frames: list[tuple[bytes, float]] = []
     session = requests.Session()
-    session.auth = ("bench", PASSWORD)
+    session.headers["Authorization"] = f"Token {stack.token}"
     thread = session.post(f"{stack.web_url}/api/threads/", timeout=120,
                           json={"messages": [{"role": "user", "content": text}]})
     if thread.status_code != 201:
@@ -349,7 +357,8 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-runs", type=int, default=3)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--words", type=int, default=100)
-    parser.add_argument("--slow", type=float, default=5.0)
+    parser.add_argument("--slow", type=float, default=10.0)
+    parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which the concurrent clients start")
     parser.add_argument("--record", type=Path)
     args = parser.parse_args(argv)
 
@@ -381,9 +390,23 @@ def main(argv=None) -> int:
 
         # (b) concurrent streams
         started = time.perf_counter()
+        spans: list[tuple[float, float]] = []
+
+        def one(i):
+            time.sleep(args.ramp * i / max(1, args.streams))  # clients arrive over --ramp seconds
+            outcome = _safe(relayed_stream, stack, assistant_id, text)
+            if not isinstance(outcome, Exception) and outcome[0]:
+                spans.append((outcome[0][0][1], outcome[0][-1][1]))  # first and last event's arrival
+            return outcome
+
         with ThreadPoolExecutor(args.streams) as pool:
-            outcomes = list(pool.map(lambda _: _safe(relayed_stream, stack, assistant_id, text), range(args.streams)))
+            outcomes = list(pool.map(one, range(args.streams)))
         elapsed = time.perf_counter() - started
+        edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+        open_now = peak = 0
+        for _, step in edges:
+            open_now += step
+            peak = max(peak, open_now)
         failures, ok, events = [], 0, 0
         texts: dict[str, str] = {}
         for outcome in outcomes:
@@ -401,10 +424,12 @@ def main(argv=None) -> int:
             texts[completed["id"]] = completed["content"][0]["text"]["value"]
             ok += 1
         mismatched = mirror_mismatches(stack, texts)
-        results["concurrency"] = {"streams": args.streams, "passed": ok, "events": events,
+        results["concurrency"] = {"streams": args.streams, "passed": ok, "events": events, "peak_open": peak,
                                   "seconds": round(elapsed, 2), "failures": failures[:5],
                                   "mirror_text_mismatches": mismatched}
         print("concurrency", json.dumps(results["concurrency"]), flush=True)
+        if failures:
+            print("--- the site's log (tail) ---\n" + stack.logs["gunicorn"].read_text()[-6000:], file=sys.stderr)
     finally:
         stack.close()
     lat, con = results.get("latency", {}), results.get("concurrency", {})
@@ -449,7 +474,8 @@ def record(path: Path, command: str, results: dict) -> None:
         f"**p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms**, max {lat['max_ms']} ms "
         f"(target p99 < {LATENCY_TARGET_P99_MS} ms: "
         f"{'met' if results['verdict']['latency_p99_under_5ms'] else 'MISSED'})",
-        f"- (b) {con['streams']} concurrent relayed streams: **{con['passed']}/{con['streams']} intact** (order, "
+        f"- (b) {con['streams']} relayed streams started over {a['ramp']} s, at most {con['peak_open']} open at once: "
+        f"**{con['passed']}/{con['streams']} intact** (order, "
         f"byte-identical to upstream, nothing lost), {con['events']:,} events in {con['seconds']} s, mirror text "
         f"mismatches {con['mirror_text_mismatches']}" + (f"; failures {con['failures']}" if con["failures"] else ""),
         "",

@@ -9,12 +9,12 @@ import pytest
 
 from . import serve_in_thread
 
-TEST_API_KEY = "test-key"
+TEST_API_KEY = "sk-emu-test-5f3c9a1e7b"  # distinctive: CI greps every log of a test run for it
 
 
 @pytest.fixture(scope="session")
 def emulator_server():
-    """A session-wide emulator: control endpoint on, speed 50, api key ``test-key``."""
+    """A session-wide emulator: control endpoint on, speed 50, api key ``TEST_API_KEY``."""
     _, handle = serve_in_thread(api_key=TEST_API_KEY, speed=50, control=True)
     try:
         yield handle

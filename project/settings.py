@@ -76,6 +76,15 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and int(env_str("DATABASE_POOL_MAX_SIZE", "0")):
+    # Opt-in: psycopg's pool (Django >= 5.1). Each process keeps up to DATABASE_POOL_MAX_SIZE connections and
+    # lends them per request, poll pass and relay batch. A request holds its connection while it waits for the
+    # service, so size it near the threads per process (a request that waits DATABASE_POOL_TIMEOUT seconds for
+    # a connection fails). Incompatible with DATABASE_CONN_MAX_AGE > 0.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1, "max_size": int(env_str("DATABASE_POOL_MAX_SIZE", "0")),
+        "timeout": float(env_str("DATABASE_POOL_TIMEOUT", "30")),
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web process read while the q cluster writes; with WAL, synchronous=NORMAL is crash-safe
     # and saves an fsync per commit (the poller commits once per poll).
@@ -83,6 +92,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
     )
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+    # One writer at a time: under load (many relayed streams) a writer waits up to 30 s, not 5, for its turn.
+    DATABASES["default"]["OPTIONS"]["timeout"] = 30
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -121,12 +132,17 @@ RUNS_APP = {
         },
     },
 }
+# Scale-out knobs (README, Scale-out): poll lanes across all q clusters, threads per lane, runs claimed per
+# pass; the /metrics bearer token.
+for _key, _cast in [("POLLER_LANES", int), ("POLL_THREADS", int), ("CLAIM_BATCH", int), ("METRICS_TOKEN", str)]:
+    if env_str(f"RUNS_APP_{_key}", ""):
+        RUNS_APP[_key] = _cast(env_str(f"RUNS_APP_{_key}", ""))
 
 # --- django-q2 ------------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
 Q_CLUSTER = {
     "name": "runs_app",
-    "workers": 2,
+    "workers": int(env_str("Q_WORKERS", "2")),
     "timeout": 60,
     "retry": 90,  # must exceed timeout
     "max_attempts": 3,

@@ -68,6 +68,10 @@ DEFAULTS = {
     # Seconds in a status after which a run is flagged stuck, and the warning horizon before expires_at.
     "STUCK_AFTER": {"queued": 120, "in_progress": 600, "cancelling": 120},
     "EXPIRING_WITHIN": 120.0,
+    # /healthz: a connection that made no call for this many seconds is probed (one cheap call) by the check.
+    "HEALTH_PROBE_AFTER": 30.0,
+    # /metrics: a bearer token Prometheus sends (Authorization: Bearer …); without it, staff users only.
+    "METRICS_TOKEN": "",
     # Create the per-minute watchdog schedule (django-q2) on migrate.
     "POLLER_AUTOSTART": True,
 }

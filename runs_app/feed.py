@@ -85,9 +85,17 @@ class MirrorFeed:
 
     def __iter__(self) -> Iterator[bytes]:
         # The database connection is closed by Django when the response closes (request_finished).
+        from runs_app.metrics import STREAMS_OPEN
         from runs_app.services import details_marker
 
         self._hurry_poller()
+        STREAMS_OPEN.inc()
+        try:
+            yield from self._feed(details_marker)
+        finally:
+            STREAMS_OPEN.dec()
+
+    def _feed(self, details_marker) -> Iterator[bytes]:
         yield b"retry: 2000\n\n"
         last_sent = time.monotonic()
         terminal_since: float | None = None

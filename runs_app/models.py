@@ -306,6 +306,7 @@ class ConnectionState(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     requests = models.PositiveBigIntegerField(default=0)
+    failed_requests = models.PositiveBigIntegerField(default=0, help_text="Requests that failed (not 429s).")
     rate_limited = models.PositiveBigIntegerField(default=0)
 
     def __str__(self):

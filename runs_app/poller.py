@@ -120,7 +120,7 @@ def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = Non
     except NotFound as exc:
         # The run or its thread is gone from the service (deleted, or past retention): stop polling it.
         logger.warning("%s: %s; no longer polled", run.remote_id, exc)
-        counters.failed(run.connection, str(exc))
+        counters.succeeded(run.connection)  # the service answered: the connection itself is fine
         release(run, token, next_poll_at=None)
         return "gone"
     except AssistantsError as exc:
@@ -185,7 +185,8 @@ class ConnectionCounters:
             if name in ok:
                 changes["last_success_at"] = now
             if name in errors:
-                changes.update(last_error_at=now, last_error=errors[name][1][:500])
+                changes.update(last_error_at=now, last_error=errors[name][1][:500],
+                               failed_requests=F("failed_requests") + errors[name][0])
             ConnectionState.objects.filter(pk=state.pk).update(**changes)
 
 
@@ -206,7 +207,8 @@ def _record(name: str, *, ok: bool = False, error: str = "") -> None:
                                                            requests=F("requests") + 1)
     else:
         ConnectionState.objects.filter(pk=state.pk).update(last_error_at=timezone.now(), last_error=error[:500],
-                                                           requests=F("requests") + 1)
+                                                           requests=F("requests") + 1,
+                                                           failed_requests=F("failed_requests") + 1)
 
 
 # --- discovery --------------------------------------------------------------------------------------

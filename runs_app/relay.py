@@ -49,7 +49,9 @@ class Relay:
 
     The applier is a thread of its own, with its own database connection, unless the response is iterated
     inside a transaction (``atomic``), whose uncommitted rows only that connection sees: then each event is
-    applied on the iterating thread right after it was sent.
+    applied on the iterating thread right after it was sent. While streaming, the iterating thread holds no
+    connection; the applier holds one, and with a connection pool (``OPTIONS["pool"]``, PostgreSQL) gives it
+    back after each batch of events.
     """
 
     def __init__(self, stream: EventStream, *, connection: str, audit: ActionAudit | None = None,
@@ -65,18 +67,23 @@ class Relay:
         self.run_remote_id: str | None = None
         self.finished = False
         self.apply_failed = False
+        self._details_for: Run | None = None
         self.events_relayed = 0
         self.writes = 0
 
     def __iter__(self) -> Iterator[bytes]:
         from django.db import connection as db
 
+        from runs_app.metrics import EVENTS_RELAYED, STREAMS_OPEN
+
+        STREAMS_OPEN.inc()
         reader = threading.Thread(target=self._read, name="runs-relay-reader", daemon=True)
         reader.start()
         applier = None
         if not db.in_atomic_block:
             applier = threading.Thread(target=self._apply_loop, name="runs-relay-applier", daemon=True)
             applier.start()
+            db.close()  # this thread needs no connection while it streams (reopened if needed at the end)
         try:
             while True:
                 try:
@@ -91,6 +98,7 @@ class Relay:
                     break
                 event, _ = item
                 self.events_relayed += 1
+                EVENTS_RELAYED.inc()
                 try:
                     yield f"event: {event.name}\ndata: {event.raw}\n\n".encode()
                 finally:  # applied even if the client went away at this very event
@@ -102,6 +110,7 @@ class Relay:
                     self.finished = True
                     break
         finally:
+            STREAMS_OPEN.dec()
             self._stop.set()
             self._stream.close()
             self._to_apply.put(_END)
@@ -126,9 +135,11 @@ class Relay:
     def _apply_loop(self) -> None:
         from django.db import connection as db
 
+        pooled = bool((db.settings_dict.get("OPTIONS") or {}).get("pool"))
         try:
             while not self._apply_pending(block=True):
-                pass
+                if pooled:
+                    db.close()  # back to the pool after each batch: many open streams share a few connections
         finally:
             db.close()
 
@@ -148,6 +159,8 @@ class Relay:
             except Exception:  # the stream goes on; the poller repairs the mirror afterwards
                 self.apply_failed = True
                 logger.exception("applying %s of %s to the mirror failed", event.name, self.run_remote_id)
+        if ended and self._details_for is not None:
+            self._sync_details(self._details_for)
         return ended
 
     def _apply(self, event, received) -> None:
@@ -161,7 +174,7 @@ class Relay:
                 self._audit.succeeded({"stream": True, "run_id": row.remote_id}, run=row, thread=row.thread)
         if event.name == "thread.run.requires_action" or (
                 event.name.startswith("thread.run.") and isinstance(row, Run) and row.is_terminal):
-            self._sync_details(row)
+            self._details_for = row  # fetched once the stream has ended (its last events are not held back)
 
     def _sync_details(self, run: Run) -> None:
         try:

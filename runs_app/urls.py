@@ -8,6 +8,8 @@ app_name = "runs_app"
 
 urlpatterns = [
     path("connections/", views.connection_list, name="connection-list"),
+    path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
     path("threads/<str:thread_id>/live/", live.thread_live, name="thread-live"),
     path("threads/<str:thread_id>/live/runs/", live.thread_live_runs, name="thread-live-runs"),
     path("runs/<str:run_id>/live/", live.run_live, name="run-live"),

@@ -112,7 +112,10 @@ class QCluster:
                "DJANGO_SETTINGS_MODULE": "tests.settings", "RUNS_APP_TEST_SETTINGS": json.dumps(runs_app),
                **env_overrides}
         # A file, not a pipe: a chatty cluster must never block on a full pipe.
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="qcluster-", suffix=".log")  # noqa: SIM115
+        # Kept in RUNS_APP_TEST_LOG_DIR when set (CI searches every log of the run for secrets).
+        log_dir = os.environ.get("RUNS_APP_TEST_LOG_DIR") or None
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="qcluster-", suffix=".log", dir=log_dir,  # noqa: SIM115
+                                               delete=log_dir is None)
         self.process = subprocess.Popen(
             [sys.executable, "manage.py", "qcluster"], cwd=Path(__file__).resolve().parent.parent, env=env,
             stdout=self.log, stderr=subprocess.STDOUT, text=True, start_new_session=True,

@@ -19,6 +19,10 @@ SECURE_HSTS_SECONDS = 0
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
 
+# No connection pool in tests: test databases are created and dropped under the pool's feet, and q clusters
+# in subprocesses share the database (the pool is exercised by bench/relay.py on PostgreSQL).
+DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
+
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so a q cluster started in a subprocess sees the same test database.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f"test-db-{os.getpid()}.sqlite3")}

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from emulator import serve_in_thread
+from emulator.pytest_plugin import TEST_API_KEY
 from runs_app.assistants import AssistantsClient, errors
 from runs_app.assistants.client import REQUEST_TAG
 from tests.client_helpers import connection_settings, wait_for
@@ -34,7 +35,7 @@ def make_client(emulator, *, sleeps=None, kind="azure_openai", real_sleep=False,
 @pytest.fixture
 def real_time_emulator():
     """An emulator at speed 1, whose 429s ask for retry-after-ms 1000 (the session one scales time)."""
-    _, handle = serve_in_thread(api_key="test-key", speed=1, control=True)
+    _, handle = serve_in_thread(api_key=TEST_API_KEY, speed=1, control=True)
     with handle:
         yield handle
 
