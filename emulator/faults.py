@@ -139,6 +139,7 @@ class FaultInjector:
 
     def _apply(self, cfg: dict) -> None:
         self.config = cfg
+        self.injected: dict[str, int] = {}  # faults decided since this configuration, by kind
         self._match = re.compile(cfg["match"]) if cfg["match"] else None
         self._left = cfg["times"]
         self.active = bool(cfg["429"] or cfg["5xx"] or cfg["latency"][1] or cfg["reset"] or cfg["drop"]
@@ -192,4 +193,8 @@ class FaultInjector:
                 self._left -= 1
                 if self._left == 0:
                     self.active = False
+            for kind, happened in ((d.kind, bool(d.kind)), ("drop", d.drop), ("latency", bool(d.latency)),
+                                   ("cut", d.cut_after is not None), ("malformed", d.malformed)):
+                if happened:
+                    self.injected[kind] = self.injected.get(kind, 0) + 1
         return d

@@ -381,7 +381,7 @@ class Handler(socketserver.StreamRequestHandler):
                 data = server.store.events_since(since, int(limit[-1]) if limit else None, wait)
                 payload = {"object": "list", "data": data, "last_seq": data[-1]["seq"] if data else since}
             elif name == "faults" and method == "GET":
-                payload = describe(server.faults.config)
+                payload = {**describe(server.faults.config), "injected": dict(server.faults.injected)}
             elif name == "faults" and method in ("PUT", "POST"):
                 spec = json.loads(body) if body else {}
                 if isinstance(spec, dict) and "spec" in spec and len(spec) == 1:

@@ -1,0 +1,38 @@
+"""The fault soak (bench/soak.py) at a small size: every shape of run under faults, two q clusters on
+PostgreSQL with Redis, one SIGKILLed midway. Full size is run by hand (bench/RESULTS.md)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pg_and_redis():
+    import socket
+
+    for port in (5432, 6379):
+        with socket.socket() as s:
+            s.settimeout(2)
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return False, f"nothing listens on 127.0.0.1:{port}"
+    return True, ""
+
+
+@pytest.mark.skipif(os.environ.get("RUNS_APP_CI_LEG") == "sqlite", reason="runs on the PostgreSQL + Redis leg")
+def test_soak_small():
+    ok, why = _pg_and_redis()
+    require("PostgreSQL and Redis", ok, why)
+    out = subprocess.run([sys.executable, "bench/soak.py", "--runs", "14", "--concurrency", "4", "--timeout", "240"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0 and result["passed"], (result, out.stderr[-3000:])
+    assert result["created"] == result["checked"] == 14
+    assert result["mismatches"] == 0 and result["duplicates"] == 0 and result["still_active"] == 0
+    assert result["killed_at_s"] is not None
