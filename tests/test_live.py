@@ -236,3 +236,18 @@ def test_pages_escape_model_output(mirror_settings, assistant, browser):
         assert HTML not in page and "<script>alert(1)</script>" not in page, url
         if "thread" in url:
             assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_the_admin_and_the_live_pages_link_to_each_other(mirror_settings, assistant, django_user_model):
+    run = completed_run(assistant)
+    boss = django_user_model.objects.create_superuser("boss", "b@example.com", "pw-boss-1")
+    client = Client()
+    client.force_login(boss)
+    run_admin = client.get(f"/admin/runs_app/run/{run.pk}/change/").content.decode()
+    assert f'href="/runs/{run.remote_id}/live/"' in run_admin
+    thread_admin = client.get(f"/admin/runs_app/thread/{run.thread.pk}/change/").content.decode()
+    assert f'href="/threads/{run.thread.remote_id}/live/"' in thread_admin
+    live = client.get(f"/runs/{run.remote_id}/live/").content.decode()
+    assert f'href="/admin/runs_app/run/{run.pk}/change/"' in live
+    assert f'href="/admin/runs_app/thread/{run.thread.pk}/change/"' in client.get(
+        f"/threads/{run.thread.remote_id}/live/").content.decode()
