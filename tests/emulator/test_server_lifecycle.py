@@ -9,8 +9,8 @@ import pytest
 import requests
 
 import emulator as emulator_pkg
+from emulator.pytest_plugin import TEST_API_KEY as KEY
 
-KEY = "test-key"
 OPENAI_HEADERS = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "assistants=v2"}
 WEATHER = {
     "type": "function",
