@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from django.db.models import Q
 from django.utils import timezone
 
+from runs_app.metrics import STREAMS_OPEN
 from runs_app.models import Message, Run, RunStep
 
 logger = logging.getLogger("runs_app.feed")
@@ -85,7 +86,6 @@ class MirrorFeed:
 
     def __iter__(self) -> Iterator[bytes]:
         # The database connection is closed by Django when the response closes (request_finished).
-        from runs_app.metrics import STREAMS_OPEN
         from runs_app.services import details_marker
 
         self._hurry_poller()

@@ -28,6 +28,7 @@ from django.utils import timezone
 from runs_app import services, sync
 from runs_app.assistants import AssistantsError, EventStream
 from runs_app.conf import app_settings
+from runs_app.metrics import EVENTS_RELAYED, STREAMS_OPEN
 from runs_app.models import Run, Source, Thread
 from runs_app.services import ActionAudit, get_client, real_user, validate_run_request, validate_tool_outputs
 from runs_app.sync import Observation
@@ -73,8 +74,6 @@ class Relay:
 
     def __iter__(self) -> Iterator[bytes]:
         from django.db import connection as db
-
-        from runs_app.metrics import EVENTS_RELAYED, STREAMS_OPEN
 
         STREAMS_OPEN.inc()
         reader = threading.Thread(target=self._read, name="runs-relay-reader", daemon=True)
