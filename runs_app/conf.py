@@ -69,7 +69,7 @@ DEFAULTS = {
     "STUCK_AFTER": {"queued": 120, "in_progress": 600, "cancelling": 120},
     "EXPIRING_WITHIN": 120.0,
     # /healthz: a connection that made no call for this many seconds is probed (one cheap call) by the check.
-    "HEALTH_PROBE_AFTER": 30.0,
+    "HEALTH_PROBE_AFTER": 15.0,
     # /metrics: a bearer token Prometheus sends (Authorization: Bearer …); without it, staff users only.
     "METRICS_TOKEN": "",
     # Create the per-minute watchdog schedule (django-q2) on migrate.
