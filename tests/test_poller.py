@@ -96,12 +96,17 @@ def test_rate_limit_pauses_the_whole_connection(mirror_settings, emulator, assis
     other = services.thread_and_run_create(assistant_id=assistant["id"])
     emulator.set_faults({"429": 1.0})
     claimed = poller.claim_due_runs("lane-a")
+    before = timezone.now()
     outcome = poller.poll_claimed([r for r in claimed if r.pk == run.pk][0], "lane-a")
     assert outcome == "paused"
     state = ConnectionState.objects.get(connection="default")
-    assert state.paused_until > timezone.now() and state.rate_limited == 1 and "Rate limit" in state.pause_reason
+    # The emulator (speed 50) asks for 20 ms: compare with the poll's start, and claim "during" the pause.
+    assert state.paused_until > before and state.rate_limited == 1 and "Rate limit" in state.pause_reason
     Run.objects.filter(pk=other.pk).update(claimed_by="", claimed_until=None)
-    assert poller.claim_due_runs("lane-b") == []  # every run of the connection waits
+    during = state.paused_until - dt.timedelta(milliseconds=1)
+    assert poller.claim_due_runs("lane-b", now=during) == []  # every run of the connection waits
+    after = state.paused_until + dt.timedelta(milliseconds=1)
+    assert other.pk in [r.pk for r in poller.claim_due_runs("lane-b", now=after)]  # ... until the pause ends
 
 
 @pytest.mark.django_db
