@@ -80,10 +80,23 @@ def assistant(remote):
     return remote.create_assistant(model="gpt-4o", name="ops", tools=[FUNCTION_TOOL])
 
 
+class MaskedSettings(dict):
+    """A RUNS_APP dict whose repr hides API keys: pytest prints fixture values in failure reports, and CI
+    searches the whole test output for the configured secrets."""
+
+    def __repr__(self):
+        def mask(value):
+            if isinstance(value, dict):
+                return {k: ("***" if k == "API_KEY" and v else mask(v)) for k, v in value.items()}
+            return value
+
+        return repr(mask(dict(self)))
+
+
 @pytest.fixture
 def mirror_settings(emulator, settings):
     """RUNS_APP pointing the default connection at the emulator, with a fast poller."""
-    settings.RUNS_APP = {"CONNECTIONS": {"default": emulator_connection(emulator)}, **FAST_POLLER}
+    settings.RUNS_APP = MaskedSettings({"CONNECTIONS": {"default": emulator_connection(emulator)}, **FAST_POLLER})
     return settings.RUNS_APP
 
 

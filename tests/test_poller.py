@@ -192,6 +192,9 @@ def test_expired_run(transactional_db, settings):
 
         cluster = QCluster(settings.RUNS_APP)
         try:
+            # The run expires 2 s after it is created: start it only once the poller runs (a slow machine
+            # takes longer than that to start a q cluster), so the mirror sees it wait before it expires.
+            wait_for(lambda: PollerLane.objects.filter(cycles__gt=0).exists(), timeout=60)
             run = services.thread_and_run_create(assistant_id=asst["id"], thread={"messages": [
                 {"role": "user", "content": "get_weather please"}]})
             wait_for(lambda: Run.objects.get(pk=run.pk).status == "requires_action", timeout=20)
