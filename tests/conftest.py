@@ -179,3 +179,20 @@ def q_cluster(transactional_db, mirror_settings):
     PollerLane.objects.update(token="")  # lanes notice within one pass and hand over to no successor
     for cluster in clusters:
         cluster.stop()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Keep pytest's --log-file handler on the root logger for the whole run: code under test that configures
+    logging (dictConfig) would otherwise drop it, and CI searches that file for secrets."""
+    import logging
+
+    plugin = item.config.pluginmanager.get_plugin("logging-plugin")
+    handler = getattr(plugin, "log_file_handler", None)
+    if handler is None or not getattr(item.config.option, "log_file", None):
+        return
+    root = logging.getLogger()
+    if handler not in root.handlers:
+        root.addHandler(handler)
+    if handler.level and root.level > handler.level:
+        root.setLevel(handler.level)
