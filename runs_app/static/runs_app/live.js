@@ -296,7 +296,7 @@
   }
 
   /* POST that answers with the relayed stream (start a run, submit tool outputs). */
-  function relay(target, init, errorNode) {
+  function relay(target, init, errorNode, onStream) {
     stopStream();
     var ctl = controller = new AbortController();
     init.signal = ctl.signal;
@@ -310,6 +310,7 @@
         return errorFromResponse(response).then(function (message) { show(errorNode || el.error, message); return null; });
       }
       finished = false;
+      if (onStream) onStream(response);
       setState("streaming from the service");
       return readStream(response).then(function () { return response; }, function (err) {
         if (ctl.signal.aborted) return null;
@@ -379,40 +380,12 @@
       el.messages.textContent = "";
       el.steps.textContent = "";
       run = null;
-      stopStream();
-      fetch(el.startForm.action, {
-        method: "POST", body: form, credentials: "same-origin", signal: (controller = new AbortController()).signal,
-        headers: { "X-CSRFToken": csrfToken(), "Accept": "text/event-stream" }
-      }).then(function (response) {
-        var type = response.headers.get("Content-Type") || "";
-        if (!response.ok || type.indexOf("text/event-stream") !== 0) {
-          return errorFromResponse(response).then(function (message) { show(el.startError, message); setStartEnabled(true); });
-        }
+      relay(el.startForm.action, { method: "POST", body: form }, el.startError, function (response) {
         var mine = messageItem(response.headers.get("X-Runs-App-Message"), "user");
         mine.querySelector(".text").textContent = text;
         el.startForm.querySelector("[name=content]").value = "";
-        finished = false;
-        delete root.dataset.streamLost;
-        show(el.error, "");
-        setState("streaming from the service");
-        var ctl = controller;
-        return readStream(response).catch(function (err) {
-          if (ctl.signal.aborted) return;
-          root.dataset.streamLost = "1";
-          show(el.error, "The stream was lost: " + err.message + " Following the run through the mirror.");
-        }).then(function () {
-          if (ctl.signal.aborted) return;
-          if (!finished && !root.dataset.streamLost) {
-            root.dataset.streamLost = "1";
-            show(el.error, "The stream was lost before the run finished. Following the run through the mirror.");
-          }
-          if (root.dataset.streamLost && runId) return watch(runId);
-          setState(endState());
-          if (!run || isTerminal(run.status)) setStartEnabled(true);
-        });
-      }, function (err) {
-        show(el.startError, "The request failed: " + err.message);
-        setStartEnabled(true);
+      }).then(function () {
+        if (!run || isTerminal(run.status)) setStartEnabled(true);
       });
     });
   }
