@@ -190,43 +190,55 @@ def run_live(request, run_id: str):
 
 # --- endpoints the page's script calls ----------------------------------------------------------------------
 
+def on_mirror_row(model, param: str):
+    """Passes the mirror row named by the URL's ``param`` instead of its id, and answers the errors as JSON:
+    404 when the row is not in the mirror, 400 for bad input, the service's own status for its refusals."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapped(request, **kwargs):
+            try:
+                row = _lookup(model, kwargs.pop(param), request)
+            except Http404 as exc:
+                return _error(404, str(exc), code="not_found", param=param)
+            try:
+                return view(request, row)
+            except ValidationError as exc:
+                return _validation_error(exc)
+            except AssistantsError as exc:
+                return _service_error(exc)
+
+        return wrapped
+
+    return decorator
+
+
 @require_GET
 @staff_endpoint("runs_app.view_run")
-def run_events(request, run_id: str):
-    try:
-        run = _lookup(Run, run_id, request)
-    except Http404 as exc:
-        return _error(404, str(exc), code="not_found", param="run_id")
+@on_mirror_row(Run, "run_id")
+def run_events(request, run: Run):
     return _sse(MirrorFeed(run))
 
 
 @require_POST
 @csrf_protect
 @staff_endpoint("runs_app.add_run")
-def thread_live_runs(request, thread_id: str):
-    try:
-        thread = _lookup(Thread, thread_id, request)
-    except Http404 as exc:
-        return _error(404, str(exc), code="not_found", param="thread_id")
-    try:
-        data = _body(request)
-        assistant_id = str(data.get("assistant_id") or "").strip()
-        content = str(data.get("content") or "")
-        instructions = str(data.get("instructions") or "").strip() or None
-        services.validate_run_request(assistant_id, {})
-        if not content.strip():
-            raise ValidationError({"content": ["Write a message for the assistant."]})
-        active = thread.runs.active().order_by("-created_at").first()
-        if active is not None:
-            raise ValidationError({"thread_id": [
-                f"Run {active.remote_id} is still {active.status} on this thread; watch or cancel it first."]})
-        message = services.message_create(thread=thread, content=content, user=request.user)
-        stream = relay.run_create_stream(thread=thread, assistant_id=assistant_id, user=request.user,
-                                         instructions=instructions)
-    except ValidationError as exc:
-        return _validation_error(exc)
-    except AssistantsError as exc:
-        return _service_error(exc)
+@on_mirror_row(Thread, "thread_id")
+def thread_live_runs(request, thread: Thread):
+    data = _body(request)
+    assistant_id = str(data.get("assistant_id") or "").strip()
+    content = str(data.get("content") or "")
+    instructions = str(data.get("instructions") or "").strip() or None
+    services.validate_run_request(assistant_id, {})
+    if not content.strip():
+        raise ValidationError({"content": ["Write a message for the assistant."]})
+    active = thread.runs.active().order_by("-created_at").first()
+    if active is not None:
+        raise ValidationError({"thread_id": [
+            f"Run {active.remote_id} is still {active.status} on this thread; watch or cancel it first."]})
+    message = services.message_create(thread=thread, content=content, user=request.user)
+    stream = relay.run_create_stream(thread=thread, assistant_id=assistant_id, user=request.user,
+                                     instructions=instructions)
     response = _sse(stream)
     response["X-Runs-App-Message"] = message.remote_id
     return response
@@ -235,40 +247,22 @@ def thread_live_runs(request, thread_id: str):
 @require_POST
 @csrf_protect
 @staff_endpoint("runs_app.submit_tool_outputs")
-def run_live_tool_outputs(request, run_id: str):
-    try:
-        run = _lookup(Run, run_id, request)
-    except Http404 as exc:
-        return _error(404, str(exc), code="not_found", param="run_id")
-    try:
-        data = _body(request)
-        outputs = data.get("tool_outputs")
-        if outputs is None:  # a plain form: one field per call, named by its id
-            outputs = [{"tool_call_id": c["id"], "output": data.get(c["id"], "")} for c in run.pending_tool_calls
-                       if c.get("id") in data]
-        stream = relay.run_submit_tool_outputs_stream(run=run, tool_outputs=outputs, user=request.user)
-    except ValidationError as exc:
-        return _validation_error(exc)
-    except AssistantsError as exc:
-        return _service_error(exc)
-    return _sse(stream)
+@on_mirror_row(Run, "run_id")
+def run_live_tool_outputs(request, run: Run):
+    data = _body(request)
+    outputs = data.get("tool_outputs")
+    if outputs is None:  # a plain form: one field per call, named by its id
+        outputs = [{"tool_call_id": c["id"], "output": data.get(c["id"], "")} for c in run.pending_tool_calls
+                   if c.get("id") in data]
+    return _sse(relay.run_submit_tool_outputs_stream(run=run, tool_outputs=outputs, user=request.user))
 
 
 @require_POST
 @csrf_protect
 @staff_endpoint("runs_app.cancel_run")
-def run_live_cancel(request, run_id: str):
-    try:
-        run = _lookup(Run, run_id, request)
-    except Http404 as exc:
-        return _error(404, str(exc), code="not_found", param="run_id")
-    try:
-        run = services.run_cancel(run=run, user=request.user)
-    except ValidationError as exc:
-        return _validation_error(exc)
-    except AssistantsError as exc:
-        return _service_error(exc)
-    return JsonResponse({"run": run_object(run)})
+@on_mirror_row(Run, "run_id")
+def run_live_cancel(request, run: Run):
+    return JsonResponse({"run": run_object(services.run_cancel(run=run, user=request.user))})
 
 
 def _sse(iterable):
