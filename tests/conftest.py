@@ -183,14 +183,20 @@ def q_cluster(transactional_db, mirror_settings):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    """Keep pytest's --log-file handler on the root logger for the whole run: code under test that configures
-    logging (dictConfig) would otherwise drop it, and CI searches that file for secrets."""
+    """Keep pytest's --log-file handler working for the whole run (CI searches that file for secrets).
+
+    Code that configures logging again (django.setup() runs dictConfig) removes the root logger's handlers and
+    *closes* them; a closed FileHandler opened with mode "w" then drops every record silently. So before each
+    test the handler is reopened (appending) and put back on the root logger if that happened."""
     import logging
 
     plugin = item.config.pluginmanager.get_plugin("logging-plugin")
     handler = getattr(plugin, "log_file_handler", None)
     if handler is None or not getattr(item.config.option, "log_file", None):
         return
+    if handler.stream is None:
+        handler.mode = "a"
+        handler.stream = handler._open()
     root = logging.getLogger()
     if handler not in root.handlers:
         root.addHandler(handler)

@@ -6,12 +6,12 @@ import base64
 
 import pytest
 import schemathesis
+from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import checks
 
-from project.wsgi import application
 from runs_app import services
 from runs_app.assistants import AssistantsClient
 from runs_app.models import Run
@@ -32,7 +32,9 @@ def wsgi_in_test_transaction():
     """Like Django's test client: requests must not close the connection holding the test's transaction."""
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
-    yield application
+    # The handler project.wsgi builds, without its django.setup(): setting Django up again would run
+    # dictConfig, which closes every logging handler, pytest's --log-file handler included.
+    yield WSGIHandler()
     request_started.connect(close_old_connections)
     request_finished.connect(close_old_connections)
 
