@@ -374,18 +374,21 @@ def main(argv=None) -> int:
         text = f"relay bench [words:{args.words}] [slow:{args.slow}]"
 
         # (a) latency, one stream at a time
-        added, problems = [], []
+        added, problems, named = [], [], []
         for _ in range(args.latency_runs):
             frames, info = relayed_stream(stack, assistant_id, text)
             upstream = upstream_for(stack, frames)
             problems += check_stream(frames, upstream, args.words)
             if upstream:
-                for (_, passed), (_, arrived) in zip(upstream, frames, strict=False):
+                for index, ((_, passed), (frame, arrived)) in enumerate(zip(upstream, frames, strict=False)):
                     added.append((arrived - passed) * 1000)
+                    named.append((added[-1], index, frame.split(b"\n", 1)[0][7:].decode()))
         results["latency"] = {"events": len(added), "p50_ms": round(pct(added, 0.5), 3),
                               "p90_ms": round(pct(added, 0.9), 3), "p99_ms": round(pct(added, 0.99), 3),
                               "max_ms": round(max(added), 3), "problems": problems[:5],
-                              "content_encoding": info["content_encoding"]}
+                              "content_encoding": info["content_encoding"],
+                              # where the tail is: the slowest events (ms, index in its stream, name)
+                              "slowest": [[round(ms, 3), i, name] for ms, i, name in sorted(named, reverse=True)[:6]]}
         print("latency", json.dumps(results["latency"]), flush=True)
 
         # (b) concurrent streams

@@ -71,18 +71,34 @@ class Relay:
         self._details_for: Run | None = None
         self.events_relayed = 0
         self.writes = 0
+        self._generator: Iterator[bytes] | None = None
+        self._relaying = False
+        # Reading starts now, not when the response starts: the first events often arrive with the service's
+        # response headers, and are parsed and waiting while Django still returns the response.
+        threading.Thread(target=self._read, name="runs-relay-reader", daemon=True).start()
+
+    def close(self) -> None:
+        """Called by Django when the response is closed (the WSGI server's ``close()``): ends the iteration,
+        which closes the service's stream; a relay whose response never started (an error between the view and
+        the first byte) stops its reader and closes the service's stream here."""
+        if self._generator is not None:
+            self._generator.close()  # runs the relay's cleanup if it started; nothing if not
+        if not self._relaying:
+            self._stop.set()
+            self._stream.close()
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._generator is None:
+            self._generator = self._relay()
+        return self._generator
+
+    def _relay(self) -> Iterator[bytes]:
         from django.db import connection as db
 
+        self._relaying = True
         STREAMS_OPEN.inc()
-        reader = threading.Thread(target=self._read, name="runs-relay-reader", daemon=True)
-        reader.start()
+        inline = db.in_atomic_block
         applier = None
-        if not db.in_atomic_block:
-            applier = threading.Thread(target=self._apply_loop, name="runs-relay-applier", daemon=True)
-            applier.start()
-            db.close()  # this thread needs no connection while it streams (reopened if needed at the end)
         try:
             while True:
                 try:
@@ -103,8 +119,13 @@ class Relay:
                 finally:  # applied even if the client went away at this very event
                     if event.name != "done":
                         self._to_apply.put(item)
-                        if applier is None:
+                        if inline:
                             self._apply_pending()
+                        elif applier is None:  # started after the first event went out, not before
+                            applier = threading.Thread(target=self._apply_loop, name="runs-relay-applier",
+                                                       daemon=True)
+                            applier.start()
+                            db.close()  # this thread needs no connection while it streams
                 if event.name == "done":
                     self.finished = True
                     break
@@ -124,12 +145,21 @@ class Relay:
         """Reads the upstream stream on its own thread, so heartbeats can go out while it is silent."""
         try:
             for event in self._stream:
-                if self._stop.is_set():
+                if self._stop.is_set() or not self._hand((event, timezone.now())):
                     return
-                self._events.put((event, timezone.now()))
-            self._events.put(_END)
+            self._hand(_END)
         except Exception as exc:  # handed to the iterating thread, which reports it to the client
-            self._events.put(exc)
+            self._hand(exc)
+
+    def _hand(self, item) -> bool:
+        """Queue an item for the iterating thread; False if the relay stopped meanwhile (nobody will take it)."""
+        while not self._stop.is_set():
+            try:
+                self._events.put(item, timeout=1.0)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _apply_loop(self) -> None:
         from django.db import connection as db
@@ -279,7 +309,7 @@ def run_submit_tool_outputs_stream(*, run: Run, tool_outputs: list[dict], user=N
 
 def sse_response(relay: Relay) -> StreamingHttpResponse:
     """A response that proxies and browsers do not buffer."""
-    response = StreamingHttpResponse(iter(relay), content_type="text/event-stream")
+    response = StreamingHttpResponse(relay, content_type="text/event-stream")  # relay.close() on close
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

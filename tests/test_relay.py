@@ -88,6 +88,31 @@ def test_sse_response_headers(mirror_settings, assistant):
     b"".join(response.streaming_content)
 
 
+def test_a_response_closed_before_its_first_byte_closes_the_service_stream(mirror_settings, assistant):
+    """The relay reads from construction on; if the response never starts (an error after the view), Django's
+    close() must still stop the reader and close the service's stream."""
+    thread = services.thread_create(messages=[{"role": "user", "content": "slow [slow:30]"}])
+    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    response = relay.sse_response(stream)
+    assert stream.close in response._resource_closers  # what response.close() calls (it also ends the request)
+    stream.close()
+    assert stream._stream._closed and stream._stop.is_set()
+    assert stream.events_relayed == 0
+
+
+def test_django_closing_a_started_response_ends_the_relay_and_hands_over(mirror_settings, assistant):
+    thread = services.thread_create(messages=[{"role": "user", "content": "slow [slow:30]"}])
+    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    response = relay.sse_response(stream)
+    first = next(iter(response.streaming_content))
+    assert first.startswith(b"event: thread.run.created")
+    assert stream.close in response._resource_closers
+    stream.close()  # what response.close() calls when the WSGI server closes it (the browser disconnected)
+    assert stream._stream._closed
+    run = Run.objects.get(remote_id=stream.run_remote_id)
+    assert run.status == "queued" and run.next_poll_at is not None
+
+
 @pytest.mark.django_db(transaction=True)
 def test_outside_a_transaction_the_mirror_is_written_by_the_applier_thread(mirror_settings, assistant):
     """The production path: events go out without waiting for the database; consecutive text deltas are folded
