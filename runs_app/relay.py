@@ -121,7 +121,9 @@ class Relay:
                         self._to_apply.put(item)
                         if inline:
                             self._apply_pending()
-                        elif applier is None:  # started after the first event went out, not before
+                        elif applier is None and self._events.empty():
+                            # Started once an event went out and none waits to be sent (the first events come
+                            # in bursts): starting a thread and connecting must not hold back an event.
                             applier = threading.Thread(target=self._apply_loop, name="runs-relay-applier",
                                                        daemon=True)
                             applier.start()

@@ -6,13 +6,13 @@ import json
 import re
 
 import pytest
-from django.contrib.auth.models import Permission
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from runs_app import services
 from runs_app.assistants import AssistantsClient
 from runs_app.models import Message, OperatorAction, Run, RunStep
+from tests import users
 from tests.client_helpers import connection_settings, wait_for
 from tests.run_sequences import FUNCTION_TOOL
 
@@ -34,10 +34,7 @@ def assistant(remote):
 
 
 def make_user(django_user_model, name, *, staff=True, permissions=ACTION_PERMISSIONS):
-    user = django_user_model.objects.create_user(name, password="pw-" + name, is_staff=staff)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="runs_app",
-                                                        codename__in=permissions))
-    return user
+    return users.make_user(django_user_model, name, staff=staff, permissions=permissions)
 
 
 @pytest.fixture

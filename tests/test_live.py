@@ -6,12 +6,12 @@ import json
 import re
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 
 from runs_app import services
 from runs_app.feed import MirrorFeed
 from runs_app.models import Message, OperatorAction, PollerLane, Run
+from tests import users
 from tests.client_helpers import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -26,9 +26,7 @@ def frames(body: bytes):
 
 
 def make_user(django_user_model, name, *, staff=True, permissions=ALL):
-    user = django_user_model.objects.create_user(name, password="pw-" + name, is_staff=staff)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="runs_app", codename__in=permissions))
-    return user
+    return users.make_user(django_user_model, name, staff=staff, permissions=permissions)
 
 
 @pytest.fixture
