@@ -476,7 +476,8 @@ def record(path: Path, command: str, results: dict) -> None:
         f"- (a) added latency per event, {lat['events']} events over {a['latency_runs']} sequential streams: "
         f"**p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms, p99 {lat['p99_ms']} ms**, max {lat['max_ms']} ms "
         f"(target p99 < {LATENCY_TARGET_P99_MS} ms: "
-        f"{'met' if results['verdict']['latency_p99_under_5ms'] else 'MISSED'})",
+        f"{'met' if results['verdict']['latency_p99_under_5ms'] else 'MISSED'}); slowest (ms, index, event): "
+        + ", ".join(f"{ms} #{i} {name}" for ms, i, name in lat.get("slowest", [])),
         f"- (b) {con['streams']} relayed streams started over {a['ramp']} s, at most {con['peak_open']} open at once: "
         f"**{con['passed']}/{con['streams']} intact** (order, "
         f"byte-identical to upstream, nothing lost), {con['events']:,} events in {con['seconds']} s, mirror text "
