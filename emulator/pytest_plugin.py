@@ -9,7 +9,7 @@ import pytest
 
 from . import serve_in_thread
 
-TEST_API_KEY = "sk-emu-test-5f3c9a1e7b"  # distinctive: CI greps every log of a test run for it
+TEST_API_KEY = "sk-emu-test-cnry7-5f3c9a1e7b"  # "cnry7": CI greps every log of a test run for it
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,11 @@
 
 Under CI=true a test that needs PostgreSQL, Redis or Chromium fails when the service is missing;
 on a developer's machine it is skipped with the reason.
+
+Secrets: every API key, token, password or secret key a test configures contains the marker ``cnry7``, after
+its first 8 and before its last 4 characters (so a key masked the way the service masks it does not show the
+marker). CI searches the whole test output and every captured log line of both legs for the marker and fails
+if it appears anywhere.
 """
 
 import os

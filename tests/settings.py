@@ -6,7 +6,7 @@ second leg). A secret key is supplied because the demo settings refuse to start 
 
 import os
 
-os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key-not-for-production")
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret-key-cnry7-not-for-production")
 
 from project.settings import *  # noqa: E402,F403
 from project.settings import BASE_DIR, DATABASES, Q_CLUSTER  # noqa: E402
@@ -35,7 +35,7 @@ Q_CLUSTER = {**Q_CLUSTER, "name": os.environ.setdefault("RUNS_APP_TEST_Q_NAME", 
 # points at a closed port, so nothing can reach a real service by accident.
 RUNS_APP = {
     "CONNECTIONS": {
-        "default": {"KIND": "azure_openai", "ENDPOINT": "http://127.0.0.1:9", "API_KEY": "tests-only-api-key"},
+        "default": {"KIND": "azure_openai", "ENDPOINT": "http://127.0.0.1:9", "API_KEY": "tests-only-api-key-cnry7"},
     },
 }
 # A q cluster started by a test receives the test's RUNS_APP (pointing at its emulator) this way.

@@ -13,7 +13,7 @@ from tests.client_helpers import wait_for
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-results"
-PASSWORD = "s3cret-pass-42"
+PASSWORD = "pw-cnry7-ops-42"
 
 assistant = admin_helpers.assistant
 remote = admin_helpers.remote

@@ -195,8 +195,8 @@ def test_named_connection_from_settings(emulator, settings):
 
 
 def test_wrong_key_is_authentication_error_naming_the_setting(emulator):
-    conf = {**connection_settings("azure_openai", emulator), "API_KEY": "wrong-key-123"}
+    conf = {**connection_settings("azure_openai", emulator), "API_KEY": "wrong-key-cnry7-123"}
     with pytest.raises(errors.AuthenticationError) as caught:
         AssistantsClient("east", settings=conf).create_thread()
     assert "RUNS_APP['CONNECTIONS']['east']" in str(caught.value)
-    assert "wrong-key-123" not in str(caught.value)
+    assert "wrong-key-cnry7-123" not in str(caught.value)

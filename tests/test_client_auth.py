@@ -8,21 +8,21 @@ from emulator import serve_in_thread
 from runs_app.assistants import AssistantsClient, errors
 from tests.client_helpers import FakeCredential, connection_settings
 
-SECRET_KEY = "sk-super-secret-key-4242"
-SECRET_TOKEN = "eyJ-secret-entra-token-7777"
+SECRET_KEY = "sk-super-secret-cnry7-4242"
+SECRET_TOKEN = "eyJ-secret-entra-cnry7-7777"
 
 
 @pytest.fixture
 def token_emulator():
-    """Accepts exactly one bearer token: tok-1."""
-    _, handle = serve_in_thread(api_key="tok-1", speed=50, control=True)
+    """Accepts exactly one bearer token: tok-cnry7-1."""
+    _, handle = serve_in_thread(api_key="tok-cnry7-1", speed=50, control=True)
     with handle:
         yield handle
 
 
 def test_entra_token_is_cached_then_refreshed_before_expiry(token_emulator):
     now = [1_000_000.0]
-    credential = FakeCredential(["tok-1", "tok-2"], lifetime=3600, clock=lambda: now[0])
+    credential = FakeCredential(["tok-cnry7-1", "tok-cnry7-2"], lifetime=3600, clock=lambda: now[0])
     client = AssistantsClient("foundry", settings=connection_settings("foundry_agents", token_emulator),
                               credential=credential, clock=lambda: now[0])
     thread = client.create_thread()
@@ -31,12 +31,12 @@ def test_entra_token_is_cached_then_refreshed_before_expiry(token_emulator):
     assert credential.calls == [("https://ai.azure.com/.default",)]  # one token for both requests
     now[0] += 2400  # 200 s before expiry: inside the refresh margin
     with pytest.raises(errors.AuthenticationError):
-        client.retrieve_thread(thread["id"])  # the emulator knows only tok-1: proves tok-2 was sent
+        client.retrieve_thread(thread["id"])  # the emulator knows only tok-cnry7-1: proves tok-cnry7-2 was sent
     assert len(credential.calls) == 2
 
 
 def test_entra_token_is_dropped_after_a_401(token_emulator):
-    credential = FakeCredential(["tok-0", "tok-1"], lifetime=3600)
+    credential = FakeCredential(["tok-cnry7-0", "tok-cnry7-1"], lifetime=3600)
     client = AssistantsClient("foundry", settings=connection_settings("foundry_agents", token_emulator),
                               credential=credential)
     with pytest.raises(errors.AuthenticationError):
@@ -48,7 +48,7 @@ def test_entra_token_is_dropped_after_a_401(token_emulator):
 def test_azure_openai_with_entra_uses_the_cognitive_services_scope(token_emulator):
     conf = {**connection_settings("azure_openai", token_emulator), "AUTH": "entra",
             "ENTRA_SCOPE": "https://cognitiveservices.azure.com/.default"}
-    credential = FakeCredential(["tok-1"])
+    credential = FakeCredential(["tok-cnry7-1"])
     assert AssistantsClient("aoai", settings=conf, credential=credential).create_thread()["object"] == "thread"
     assert credential.calls == [("https://cognitiveservices.azure.com/.default",)]
 

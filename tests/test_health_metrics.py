@@ -21,9 +21,10 @@ def staff(django_user_model):
 
 
 def test_healthz_turns_503_when_the_service_stops_and_200_when_it_returns(settings, staff):
-    url, handle = serve_in_thread(api_key="k-health", speed=50)
+    url, handle = serve_in_thread(api_key="k-health-cnry7-1", speed=50)
     port = handle.url.rsplit(":", 1)[1]
-    settings.RUNS_APP = {"CONNECTIONS": {"default": {"KIND": "azure_openai", "ENDPOINT": url, "API_KEY": "k-health"}},
+    settings.RUNS_APP = {"CONNECTIONS": {"default": {"KIND": "azure_openai", "ENDPOINT": url,
+                                                     "API_KEY": "k-health-cnry7-1"}},
                          **FAST_POLLER, "HEALTH_PROBE_AFTER": 0.3}
     anonymous = Client()
     try:
@@ -38,10 +39,10 @@ def test_healthz_turns_503_when_the_service_stops_and_200_when_it_returns(settin
         assert body["status"] == "failing" and not body["checks"]["connections"]["default"]["ok"]
         assert "error" not in body["checks"]["connections"]["default"]  # anonymous callers get no error text
         detail = staff.get("/healthz").json()["checks"]["connections"]["default"]
-        assert detail["error"] and "k-health" not in detail["error"]
+        assert detail["error"] and "k-health-cnry7-1" not in detail["error"]
     finally:
         handle.stop()
-    _, handle = serve_in_thread(port=int(port), api_key="k-health", speed=50)
+    _, handle = serve_in_thread(port=int(port), api_key="k-health-cnry7-1", speed=50)
     try:
         wait_for(lambda: anonymous.get("/healthz").status_code == 200, timeout=20)
     finally:
@@ -59,9 +60,9 @@ def test_healthz_flags_a_stalled_poller(mirror_settings, assistant, settings):
 
 def test_metrics_need_staff_or_the_bearer_token(settings, mirror_settings, staff):
     assert Client().get("/metrics").status_code == 403
-    settings.RUNS_APP = {**mirror_settings, "METRICS_TOKEN": "prom-secret-1"}
+    settings.RUNS_APP = {**mirror_settings, "METRICS_TOKEN": "prom-secret-cnry7-1"}
     assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
-    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer prom-secret-1").status_code == 200
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer prom-secret-cnry7-1").status_code == 200
     assert staff.get("/metrics").status_code == 200
 
 

@@ -18,7 +18,7 @@ PRODUCTION = {
     "DJANGO_SECRET_KEY": "a-long-random-production-secret-key-0123456789-abcdefghijklmnop",
     "DJANGO_ALLOWED_HOSTS": "runs.example.com",
     "AZURE_OPENAI_ENDPOINT": "https://contoso.openai.azure.com",
-    "AZURE_OPENAI_API_KEY": "prod-key-9f8e7d6c",
+    "AZURE_OPENAI_API_KEY": "prod-key-cnry7-9f8e7d6c",
 }
 
 
@@ -70,7 +70,7 @@ def test_azure_variables_fill_the_default_connection():
     result = load_settings(**PRODUCTION, AZURE_OPENAI_API_VERSION="2024-05-01-preview")
     s = json.loads(result.stdout)
     assert s["conn"] == {"KIND": "azure_openai", "ENDPOINT": "https://contoso.openai.azure.com",
-                         "API_VERSION": "2024-05-01-preview", "AUTH": "api_key", "API_KEY": "prod-key-9f8e7d6c"}
+                         "API_VERSION": "2024-05-01-preview", "AUTH": "api_key", "API_KEY": "prod-key-cnry7-9f8e7d6c"}
 
 
 def test_debug_is_off_by_default_and_production_defaults_apply():

@@ -110,7 +110,7 @@ def test_no_key_in_responses_pages_logs_or_exceptions(django_user_model, emulato
                 "/admin/runs_app/operatoraction/"]:
         seen.append(client.get(url).content.decode())
     # The service refusing a wrong key, and a connection that cannot be reached.
-    wrong = "sk-wrong-key-0d9e8f7a"
+    wrong = "sk-wrong-key-cnry7-0d9e8f7a"
     for endpoint, key in [(emulator.azure_endpoint, wrong), ("http://127.0.0.1:9", TEST_API_KEY)]:
         settings.RUNS_APP = {"CONNECTIONS": {"default": {"KIND": "azure_openai", "ENDPOINT": endpoint,
                                                          "API_KEY": key}}, "MAX_RETRIES": 0}
@@ -165,14 +165,14 @@ def test_hostile_text_is_escaped_in_admin_live_page_and_csv(django_user_model, m
 
 
 def test_the_emulator_control_endpoint_is_off_unless_asked_for():
-    url, handle = serve_in_thread(api_key="k-control")
+    url, handle = serve_in_thread(api_key="k-control-cnry7-1")
     try:
         for path in ("/_emulator/health", "/_emulator/events", "/_emulator/faults", "/_emulator/reset"):
             assert requests.get(url + path, timeout=10).status_code == 404
         assert requests.post(url + "/_emulator/reset", timeout=10).status_code == 404
     finally:
         handle.stop()
-    url, handle = serve_in_thread(api_key="k-control", control=True)
+    url, handle = serve_in_thread(api_key="k-control-cnry7-1", control=True)
     try:
         assert requests.get(url + "/_emulator/health", timeout=10).status_code == 200
     finally:

@@ -32,7 +32,7 @@ def short_expiry_emulator():
     """A separate emulator whose runs expire one second after creation (the session one uses 600 s)."""
     import emulator as emulator_pkg
 
-    _url, handle = emulator_pkg.serve_in_thread(api_key="expiry-key", speed=50, expire_after=1.0)
+    _url, handle = emulator_pkg.serve_in_thread(api_key="expiry-key-cnry7", speed=50, expire_after=1.0)
     try:
         yield handle
     finally:

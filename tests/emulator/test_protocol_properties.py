@@ -15,8 +15,8 @@ MESSAGES = 12
 @pytest.fixture(scope="module")
 def paged():
     """One thread with 12 messages on a private emulator (hypothesis re-runs the test body many times)."""
-    _url, handle = emulator_pkg.serve_in_thread(api_key="prop-key", speed=50)
-    wire = Wire(handle.url, "azure", "prop-key")
+    _url, handle = emulator_pkg.serve_in_thread(api_key="prop-key-cnry7", speed=50)
+    wire = Wire(handle.url, "azure", "prop-key-cnry7")
     thread = wire.thread()
     ids = [
         wire.post(f"/threads/{thread['id']}/messages", {"role": "user", "content": f"m{i}"})["id"]

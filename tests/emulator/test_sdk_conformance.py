@@ -219,7 +219,7 @@ def fast_emulator():
     """A separate, very fast emulator so 250 sequential runs stay quick."""
     import emulator as emulator_pkg
 
-    url, handle = emulator_pkg.serve_in_thread(api_key="fast-key", speed=1000.0)
+    url, handle = emulator_pkg.serve_in_thread(api_key="fast-key-cnry7", speed=1000.0)
     try:
         yield url, handle
     finally:
@@ -228,7 +228,7 @@ def fast_emulator():
 
 def test_auto_pagination_over_250_runs(fast_emulator):
     url, _handle = fast_emulator
-    wire = Wire(url, "azure", "fast-key")
+    wire = Wire(url, "azure", "fast-key-cnry7")
     asst = wire.assistant()
     thread = wire.thread("seed")
     created = []
@@ -236,7 +236,7 @@ def test_auto_pagination_over_250_runs(fast_emulator):
         run = wire.run(thread["id"], asst["id"])
         wire.wait_run(thread["id"], run["id"], until=TERMINAL)
         created.append(run["id"])
-    client = AzureOpenAI(azure_endpoint=url, api_key="fast-key", api_version=AZURE_API_VERSION)
+    client = AzureOpenAI(azure_endpoint=url, api_key="fast-key-cnry7", api_version=AZURE_API_VERSION)
     page = client.beta.threads.runs.list(thread_id=thread["id"], limit=100, order="asc")
     assert len(page.data) == 100 and page.has_more
     assert [r.id for r in page] == created, "auto-pagination walks every page, in order"
@@ -340,11 +340,11 @@ def test_unknown_ids_raise_not_found(strict_client):
 
 
 def test_wrong_key_raises_authentication_error(emulator, kind):
-    c = make_client(emulator, kind, api_key="sk-wrong-key-0000000000", max_retries=0)
+    c = make_client(emulator, kind, api_key="sk-wrong-key-cnry7-000000", max_retries=0)
     with c, pytest.raises(openai.AuthenticationError) as info:
         c.beta.assistants.list()
     assert info.value.status_code == 401
-    assert "sk-wrong-key-0000000000" not in str(info.value), "the key must not be echoed whole"
+    assert "sk-wrong-key-cnry7-000000" not in str(info.value), "the key must not be echoed whole"
 
 
 def test_rate_limit_fault_raises_rate_limit_error(emulator, strict_client):
