@@ -302,10 +302,14 @@ def run_submit_tool_outputs_stream(*, run: Run, tool_outputs: list[dict], user=N
     with audit:
         stream = get_client(run.connection).submit_tool_outputs_stream(run.thread.remote_id, run.remote_id,
                                                                        tool_outputs=outputs)
-    services.mark_answered(run, [o["tool_call_id"] for o in outputs])
-    relay = Relay(stream, connection=run.connection)
+    try:
+        services.mark_answered(run, [o["tool_call_id"] for o in outputs])
+        audit.succeeded({"stream": True, "run_id": run.remote_id}, run=run)
+    except BaseException:
+        stream.close()  # nobody will read it
+        raise
+    relay = Relay(stream, connection=run.connection)  # starts reading: built last
     relay.run_remote_id = run.remote_id
-    audit.succeeded({"stream": True, "run_id": run.remote_id}, run=run)
     return relay
 
 
