@@ -132,12 +132,18 @@ def drive(args, assistant_id: str, kill_cluster) -> dict:
             text = TEXT[job["shape"]].format(**job)
             with_retries(services.message_create, thread=thread, content=text)
             if job["shape"] == "stream":
-                try:
-                    stream = relay.run_create_stream(thread=thread, assistant_id=assistant_id)
-                    for _ in stream:
-                        pass
-                except AssistantsError as exc:
-                    errors.append(f"stream {job['i']}: {exc}")
+                for _attempt in range(3):  # as a user would: if the service refused it, start it again
+                    try:
+                        stream = relay.run_create_stream(thread=thread, assistant_id=assistant_id)
+                        for _ in stream:
+                            pass
+                        break
+                    except AssistantsError as exc:
+                        errors.append(f"stream {job['i']}: {exc}")
+                        # Did it happen? Look at the thread on the service before trying again (no duplicates).
+                        with_retries(services.thread_import, thread_id=thread.remote_id)
+                        if Run.objects.filter(thread=thread).exists():
+                            break
             else:
                 try:
                     services.run_create(thread=thread, assistant_id=assistant_id)

@@ -12,6 +12,12 @@ class RunsAppConfig(AppConfig):
         from runs_app import checks, conf  # noqa: F401
 
         post_migrate.connect(create_watchdog_schedule, sender=self)
+        # Each q worker process watches the poll lanes and restarts silent ones (runs_app.poller).
+        from django_q.signals import post_spawn
+
+        from runs_app.poller import start_lane_watcher
+
+        post_spawn.connect(start_lane_watcher, dispatch_uid="runs_app.lane_watcher")
 
 
 WATCHDOG_FUNC = "runs_app.tasks.poller_watchdog"

@@ -85,7 +85,7 @@ def _check_numbers(raw: dict) -> list:
     errors = []
     for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP", "POLL_FAST",
                 "ACTIVE_WINDOW", "POLL_SLOW", "POLL_WAITING", "CLAIM_LEASE", "CYCLE_SECONDS", "DISCOVERY_INTERVAL",
-                "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN"):
+                "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "LANE_STALE_AFTER"):
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             errors.append(Error(f"{_key(key)} must be a positive number of seconds, not {value!r}.",

@@ -8,6 +8,12 @@ can run at once, on one cluster or many: runs are *claimed* with a lease, with
 ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL and a compare-and-set UPDATE elsewhere (SQLite), so
 no two lanes poll the same run in one cycle; a crashed lane's claims lapse after ``CLAIM_LEASE``.
 A 429 pauses the whole connection until its ``Retry-After``.
+
+While a lane task lives, a heartbeat thread beats every fifth of ``LANE_STALE_AFTER``, however long a pass
+takes; a lane silent for ``LANE_STALE_AFTER`` is dead (its worker was killed) and is started again by whoever
+looks first: a new run (``wake``), the per-minute watchdog, or the *lane watcher*, a thread in every q worker
+process (started on django-q2's ``post_spawn``) that looks every fifth of ``LANE_STALE_AFTER`` — so lanes come
+back within about ``LANE_STALE_AFTER`` as long as any q cluster lives.
 """
 
 from __future__ import annotations
@@ -270,10 +276,13 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
     stats = {"polled": 0, "cycles": 0, "discovered": 0}
     threads = max(1, int(app_settings.POLL_THREADS))
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"runs-poll-{lane}") if threads > 1 else None
+    beat = None if connection.in_atomic_block else _Heartbeat(lane, token)  # (a test's transaction: no thread)
+    if beat is not None:
+        beat.start()
     try:
         while time.monotonic() < deadline:
-            if not PollerLane.objects.filter(lane=lane, token=token).update(heartbeat_at=timezone.now(),
-                                                                            cycles=F("cycles") + 1):
+            if (beat is not None and beat.lost.is_set()) or not PollerLane.objects.filter(
+                    lane=lane, token=token).update(heartbeat_at=timezone.now(), cycles=F("cycles") + 1):
                 logger.info("lane %s: taken over by another cycle; stopping", lane)
                 stats["stopped"] = True
                 return stats
@@ -294,10 +303,41 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
             if len(runs) < int(app_settings.CLAIM_BATCH):
                 _sleep_until_next_due(deadline)
     finally:
+        if beat is not None:
+            beat.done.set()
+            beat.join(timeout=10)
         if pool is not None:
             _close_pool_connections(pool, threads)
             pool.shutdown()
     return stats
+
+
+def _beat_every() -> float:
+    return max(0.2, float(app_settings.LANE_STALE_AFTER) / 5)
+
+
+class _Heartbeat(threading.Thread):
+    """Beats for a lane while its task lives (a pass may take longer than LANE_STALE_AFTER when the service is
+    slow); notices when another task took the lane over."""
+
+    def __init__(self, lane: int, token: str):
+        super().__init__(name=f"runs-lane-{lane}-heartbeat", daemon=True)
+        self.lane, self.token = lane, token
+        self.done = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(_beat_every()):
+                try:
+                    if not PollerLane.objects.filter(lane=self.lane, token=self.token).update(
+                            heartbeat_at=timezone.now()):
+                        self.lost.set()
+                        return
+                except Exception as exc:  # the database may be briefly away: the next beat tries again
+                    logger.warning("lane %s: heartbeat failed: %s", self.lane, exc)
+        finally:
+            connection.close()
 
 
 def _in_thread(func, *args):
@@ -347,12 +387,51 @@ def wake(*, throttle: bool = True) -> None:
         logger.warning("could not start the poll lanes: %s", exc)
 
 
+def lanes_need_starting() -> bool:
+    """One cheap query: is any lane missing, or silent for ``LANE_STALE_AFTER``?"""
+    stale_before = timezone.now() - dt.timedelta(seconds=float(app_settings.LANE_STALE_AFTER))
+    lanes = int(app_settings.POLLER_LANES)
+    alive = PollerLane.objects.filter(lane__lt=lanes, heartbeat_at__gte=stale_before).count()
+    return alive < lanes
+
+
+_watcher_lock = threading.Lock()
+_watcher: threading.Thread | None = None
+
+
+def start_lane_watcher(**_signal_kwargs) -> None:
+    """Start this process's lane watcher (once; connected to django-q2's ``post_spawn`` in every q worker)."""
+    global _watcher
+    if not app_settings.POLLER_AUTOSTART:
+        return
+    with _watcher_lock:
+        if _watcher is None or not _watcher.is_alive():
+            _watcher = threading.Thread(target=_watch_lanes, name="runs-lane-watcher", daemon=True)
+            _watcher.start()
+
+
+def _watch_lanes() -> None:
+    while True:
+        time.sleep(_beat_every())
+        try:
+            if lanes_need_starting():
+                started = ensure_running()
+                if started:
+                    logger.warning("lanes %s were silent for %s s: started again", started,
+                                   app_settings.LANE_STALE_AFTER)
+        except Exception as exc:  # the database or the broker may be away: look again next time
+            logger.warning("lane watcher: %s", exc)
+        finally:
+            connection.close()
+
+
 def ensure_running(*, force: bool = False) -> list[int]:
-    """Start every lane whose heartbeat is stale (or missing). Returns the lanes started."""
+    """Start every lane whose heartbeat is stale (silent for ``LANE_STALE_AFTER``, or missing). Returns the lanes
+    started."""
     from django_q.tasks import async_task
 
     started = []
-    stale_before = timezone.now() - dt.timedelta(seconds=float(app_settings.CYCLE_SECONDS) * 2 + 10)
+    stale_before = timezone.now() - dt.timedelta(seconds=float(app_settings.LANE_STALE_AFTER))
     for lane in range(int(app_settings.POLLER_LANES)):
         row, _ = PollerLane.objects.get_or_create(lane=lane)
         token = uuid.uuid4().hex

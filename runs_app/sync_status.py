@@ -27,7 +27,7 @@ def sync_status(*, now: dt.datetime | None = None) -> dict:
     lags = sorted((now - synced).total_seconds() for synced in
                   active.filter(synced_at__isnull=False).values_list("synced_at", flat=True))
     # A lane whose heartbeat is older than this is restarted by the watchdog (poller.ensure_running).
-    stale_after = float(app_settings.CYCLE_SECONDS) * 2 + 10
+    stale_after = float(app_settings.LANE_STALE_AFTER)
     return {
         "now": now.isoformat(),
         "active_runs": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from django.utils import timezone
 from django_q.tasks import async_task
 
 from runs_app import poller, services
@@ -20,7 +21,9 @@ logger = logging.getLogger("runs_app.tasks")
 
 def poll_lane(lane: int, token: str) -> dict:
     stats = poller.run_lane(lane, token)
-    if not stats.get("stopped") and PollerLane.objects.filter(lane=lane, token=token).exists():
+    # The successor waits in the broker until a worker takes it: the beat here covers that wait.
+    if not stats.get("stopped") and PollerLane.objects.filter(lane=lane, token=token).update(
+            heartbeat_at=timezone.now()):
         async_task(poller.POLL_TASK, lane, token, task_name=f"runs_app poll lane {lane} {token[:8]}",
                    group="runs_app.poller")
     return stats

@@ -228,17 +228,67 @@ def test_faults_delay_but_never_corrupt_the_mirror(q_cluster, emulator, assistan
         assert len(run.messages.get(role="assistant").text.split()) == 5 + i
 
 
-def test_killing_a_worker_mid_cycle_loses_nothing(q_cluster, assistant, remote):
-    first = q_cluster()
+def test_killing_a_worker_mid_cycle_loses_nothing(q_cluster, assistant, remote, settings):
+    """The killed cluster's lane is started again by the new cluster's lane watcher once it has been silent
+    for LANE_STALE_AFTER: no per-minute watchdog (removed here) and no new run needed."""
+    from django_q.models import Schedule
+
+    Schedule.objects.filter(func="runs_app.tasks.poller_watchdog").delete()
+    settings.RUNS_APP = {**settings.RUNS_APP, "LANE_STALE_AFTER": 3.0}
+    first = q_cluster(LANE_STALE_AFTER=3.0)
     slow = [services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": f"slow {i} [slow:2]"}]}) for i in range(4)]
     wait_for(lambda: PollerLane.objects.filter(heartbeat_at__isnull=False, cycles__gt=2).exists(), timeout=20)
     first.kill()
-    q_cluster()
-    # What the per-minute watchdog does, once the dead lane's heartbeat is stale.
-    wait_for(lambda: poller.ensure_running() == [0], timeout=40, interval=0.5)
+    dead_token = PollerLane.objects.get(lane=0).token
+    q_cluster(LANE_STALE_AFTER=3.0)
+    wait_for(lambda: PollerLane.objects.get(lane=0).token != dead_token, timeout=20)
     for run in slow:
         assert final(run, timeout=40).status == "completed"
+
+
+def test_a_silent_lane_is_started_again_within_lane_stale_after(q_cluster, assistant, settings):
+    """A lane whose task is gone (its worker killed) is started again by the q workers' lane watcher, without
+    waiting for the per-minute watchdog (removed here) or a new run."""
+    from django_q.models import Schedule
+
+    Schedule.objects.filter(func="runs_app.tasks.poller_watchdog").delete()
+    lanes = {"POLLER_LANES": 2, "LANE_STALE_AFTER": 2.0}
+    settings.RUNS_APP = {**settings.RUNS_APP, **lanes}  # this process starts both lanes when the run is created
+    q_cluster(**lanes)
+    run = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": "keep the lanes busy [slow:30]"}]})
+    wait_for(lambda: PollerLane.objects.filter(cycles__gt=1).count() == 2, timeout=30)
+    # Lane 1's task sees its token gone and stops without a successor: as if its worker had been killed.
+    PollerLane.objects.filter(lane=1).update(token="dead", heartbeat_at=timezone.now() - dt.timedelta(hours=1))
+    wait_for(lambda: PollerLane.objects.get(lane=1).token != "dead", timeout=10, interval=0.1)
+    restarted = PollerLane.objects.get(lane=1)
+    wait_for(lambda: PollerLane.objects.get(lane=1).cycles > restarted.cycles, timeout=10)  # and it runs
+    services.run_cancel(run=Run.objects.get(pk=run.pk))
+
+
+def test_a_slow_pass_keeps_beating(q_cluster, emulator, assistant):
+    """Each request takes 1.5 s here, longer than LANE_STALE_AFTER: the heartbeat thread keeps the lane alive,
+    so no other task takes it over mid-pass."""
+    cluster = q_cluster(LANE_STALE_AFTER=1.0, POLL_THREADS=1)
+    runs = [services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": f"slow {i} [slow:20]"}]}) for i in range(3)]
+    wait_for(lambda: PollerLane.objects.filter(cycles__gt=1).exists(), timeout=30)
+    emulator.set_faults({"latency": [1.5, 1.5]})
+    try:
+        ages = []
+        deadline = timezone.now() + dt.timedelta(seconds=6)
+        while timezone.now() < deadline:
+            lane = PollerLane.objects.get(lane=0)
+            ages.append((timezone.now() - lane.heartbeat_at).total_seconds())
+            threading.Event().wait(0.1)
+        polled = PollerLane.objects.get(lane=0).runs_polled
+    finally:
+        emulator.set_faults({})
+    assert max(ages) < 1.0, f"the heartbeat went {max(ages):.2f} s old during slow passes"
+    assert polled > 0 and "taken over" not in cluster.output()
+    for run in runs:
+        services.run_cancel(run=Run.objects.get(pk=run.pk))
 
 
 def test_two_clusters_never_poll_the_same_run_in_one_cycle(q_cluster, assistant, settings):
