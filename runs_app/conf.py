@@ -75,7 +75,7 @@ DEFAULTS = {
     "HEALTH_PROBE_AFTER": 15.0,
     # /metrics: a bearer token Prometheus sends (Authorization: Bearer …); without it, staff users only.
     "METRICS_TOKEN": "",
-    # Create the per-minute watchdog schedule (django-q2) on migrate.
+    # Create the per-minute watchdog schedule (django-q2) on migrate; run the lane watcher in q workers.
     "POLLER_AUTOSTART": True,
 }
 
