@@ -63,7 +63,7 @@ DEFAULTS = {
     # Seconds one lane task runs before handing over to its successor (below the q cluster's timeout).
     "CYCLE_SECONDS": 20.0,
     # Seconds without a heartbeat after which a lane counts as dead (its worker killed) and is started again
-    # by the watchdog, by new runs, or by another lane. A live lane beats every fifth of this.
+    # by the lane watcher in the q workers, a new run, or the watchdog. A live lane beats every fifth of this.
     "LANE_STALE_AFTER": 15.0,
     # Listing a tracked thread's runs to discover runs created elsewhere: first and longest interval.
     "DISCOVERY_INTERVAL": 30.0,

@@ -387,12 +387,15 @@ def wake(*, throttle: bool = True) -> None:
         logger.warning("could not start the poll lanes: %s", exc)
 
 
+def lane_stale_before() -> dt.datetime:
+    """A lane whose last heartbeat is older than this is dead (silent for ``LANE_STALE_AFTER``)."""
+    return timezone.now() - dt.timedelta(seconds=float(app_settings.LANE_STALE_AFTER))
+
+
 def lanes_need_starting() -> bool:
     """One cheap query: is any lane missing, or silent for ``LANE_STALE_AFTER``?"""
-    stale_before = timezone.now() - dt.timedelta(seconds=float(app_settings.LANE_STALE_AFTER))
     lanes = int(app_settings.POLLER_LANES)
-    alive = PollerLane.objects.filter(lane__lt=lanes, heartbeat_at__gte=stale_before).count()
-    return alive < lanes
+    return PollerLane.objects.filter(lane__lt=lanes, heartbeat_at__gte=lane_stale_before()).count() < lanes
 
 
 _watcher_lock = threading.Lock()
@@ -431,7 +434,7 @@ def ensure_running(*, force: bool = False) -> list[int]:
     from django_q.tasks import async_task
 
     started = []
-    stale_before = timezone.now() - dt.timedelta(seconds=float(app_settings.LANE_STALE_AFTER))
+    stale_before = lane_stale_before()
     for lane in range(int(app_settings.POLLER_LANES)):
         row, _ = PollerLane.objects.get_or_create(lane=lane)
         token = uuid.uuid4().hex

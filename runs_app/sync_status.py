@@ -26,7 +26,7 @@ def sync_status(*, now: dt.datetime | None = None) -> dict:
         by_connection.setdefault(row["connection"], {})[row["status"]] = row["n"]
     lags = sorted((now - synced).total_seconds() for synced in
                   active.filter(synced_at__isnull=False).values_list("synced_at", flat=True))
-    # A lane whose heartbeat is older than this is restarted by the watchdog (poller.ensure_running).
+    # A lane whose heartbeat is older than this is dead, and started again (poller.lane_stale_before).
     stale_after = float(app_settings.LANE_STALE_AFTER)
     return {
         "now": now.isoformat(),

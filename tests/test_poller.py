@@ -233,7 +233,9 @@ def test_killing_a_worker_mid_cycle_loses_nothing(q_cluster, assistant, remote, 
     for LANE_STALE_AFTER: no per-minute watchdog (removed here) and no new run needed."""
     from django_q.models import Schedule
 
-    Schedule.objects.filter(func="runs_app.tasks.poller_watchdog").delete()
+    from runs_app.apps import WATCHDOG_FUNC
+
+    Schedule.objects.filter(func=WATCHDOG_FUNC).delete()
     settings.RUNS_APP = {**settings.RUNS_APP, "LANE_STALE_AFTER": 3.0}
     first = q_cluster(LANE_STALE_AFTER=3.0)
     slow = [services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
@@ -252,7 +254,9 @@ def test_a_silent_lane_is_started_again_within_lane_stale_after(q_cluster, assis
     waiting for the per-minute watchdog (removed here) or a new run."""
     from django_q.models import Schedule
 
-    Schedule.objects.filter(func="runs_app.tasks.poller_watchdog").delete()
+    from runs_app.apps import WATCHDOG_FUNC
+
+    Schedule.objects.filter(func=WATCHDOG_FUNC).delete()
     lanes = {"POLLER_LANES": 2, "LANE_STALE_AFTER": 2.0}
     settings.RUNS_APP = {**settings.RUNS_APP, **lanes}  # this process starts both lanes when the run is created
     q_cluster(**lanes)
