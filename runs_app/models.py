@@ -106,7 +106,9 @@ class RunQuerySet(models.QuerySet):
 
     def due_for_poll(self, now=None):
         now = now or timezone.now()
-        return self.active().filter(next_poll_at__lte=now).filter(Q(claimed_until__isnull=True) |
+        # Active runs, and terminal runs still owed their steps and messages (services.run_details_sync leaves
+        # next_poll_at set when fetching them failed); a terminal run is otherwise never due.
+        return self.filter(next_poll_at__lte=now).filter(Q(claimed_until__isnull=True) |
                                                                   Q(claimed_until__lt=now))
 
     def stuck(self):

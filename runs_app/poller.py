@@ -137,7 +137,9 @@ def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = Non
         return "error"
     counters.succeeded(run.connection)
     received = timezone.now()
-    if payload == run.raw and _release_unchanged(run, token, started, received):
+    # The shortcut only when nothing is owed: a run whose steps and messages were not fetched for its status
+    # (an earlier fetch failed) goes through the upsert, which fetches them, even if the run object is the same.
+    if payload == run.raw and not services.details_owed(run) and _release_unchanged(run, token, started, received):
         return "same"
     try:
         run = services.run_apply_polled(run=run, payload=payload, seen=Observation(Source.POLL, started, received))
@@ -361,7 +363,7 @@ def _close_pool_connections(pool: ThreadPoolExecutor, threads: int) -> None:
 def _sleep_until_next_due(deadline: float) -> None:
     """Wait for the next due run (or thread), at most until the lane's deadline, in short steps."""
     now = timezone.now()
-    next_due = Run.objects.active().filter(next_poll_at__isnull=False).aggregate(m=Min("next_poll_at"))["m"]
+    next_due = Run.objects.filter(next_poll_at__isnull=False).aggregate(m=Min("next_poll_at"))["m"]
     next_thread = Thread.objects.filter(tracked=True).aggregate(m=Min("next_discovery_at"))["m"]
     candidates = [t for t in (next_due, next_thread) if t is not None]
     wait = min([(t - now).total_seconds() for t in candidates], default=1.0)

@@ -8,6 +8,7 @@ timeline. Remote errors propagate as the client's ``AssistantsError`` ladder, af
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable
 from typing import Any
@@ -324,7 +325,7 @@ def run_poll(*, run: Run, source: str = Source.POLL, force_details: bool = False
 def run_apply_polled(*, run: Run, payload: dict, seen: Observation, client: AssistantsClient | None = None) -> Run:
     """Apply a polled run object, and fetch the run's steps and messages if it shows they changed."""
     run = sync.apply_run(payload, connection=run.connection, seen=seen).row
-    if run.status in DETAIL_STATUSES and details_marker(run) != run.steps_synced_for:
+    if details_owed(run):
         run_details_sync(run=run, client=client, source=seen.source)
     return run
 
@@ -340,16 +341,28 @@ def details_marker(run: Run) -> str:
     return f"{run.status}|{pending}|{run.total_tokens or 0}|{len(run.answered_call_ids or [])}"[:200]
 
 
+def details_owed(run: Run) -> bool:
+    """The run stands at a status whose steps and messages we fetch, and they were not fetched for it yet."""
+    return run.status in DETAIL_STATUSES and details_marker(run) != run.steps_synced_for
+
+
 def run_details_sync(*, run: Run, client: AssistantsClient | None = None, source: str = Source.POLL) -> None:
+    """Fetch the run's steps and messages (every page). If that fails, the run is left due for a poll, even when
+    it is terminal: the poller fetches them again (a terminal run is polled only while it is owed them)."""
     client = client or get_client(run.connection)
     thread_id = run.thread.remote_id
     marker = details_marker(run)
-    started = timezone.now()
-    for step in client.iter_run_steps(thread_id, run.remote_id, order="asc"):
-        sync.apply_step(step, connection=run.connection, seen=Observation.now(source, started))
-    started = timezone.now()
-    for message in client.iter_messages(thread_id, run_id=run.remote_id, order="asc"):
-        sync.apply_message(message, connection=run.connection, seen=Observation.now(source, started))
+    try:
+        started = timezone.now()
+        for step in client.iter_run_steps(thread_id, run.remote_id, order="asc"):
+            sync.apply_step(step, connection=run.connection, seen=Observation.now(source, started))
+        started = timezone.now()
+        for message in client.iter_messages(thread_id, run_id=run.remote_id, order="asc"):
+            sync.apply_message(message, connection=run.connection, seen=Observation.now(source, started))
+    except AssistantsError:
+        retry_at = timezone.now() + dt.timedelta(seconds=float(app_settings.POLL_FAST))
+        Run.objects.filter(pk=run.pk, next_poll_at__isnull=True).update(next_poll_at=retry_at)
+        raise
     Run.objects.filter(pk=run.pk).update(steps_synced_for=marker)
     run.steps_synced_for = marker
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from emulator import serve_in_thread
 from runs_app import poller, services, signals
-from runs_app.assistants import AssistantsClient
+from runs_app.assistants import AssistantsClient, AssistantsError
 from runs_app.models import ConnectionState, PollerLane, Run, Thread
 from tests.client_helpers import connection_settings, wait_for
 from tests.conftest import FAST_POLLER, emulator_connection
@@ -107,6 +107,50 @@ def test_rate_limit_pauses_the_whole_connection(mirror_settings, emulator, assis
     assert poller.claim_due_runs("lane-b", now=during) == []  # every run of the connection waits
     after = state.paused_until + dt.timedelta(milliseconds=1)
     assert other.pk in [r.pk for r in poller.claim_due_runs("lane-b", now=after)]  # ... until the pause ends
+
+
+@pytest.mark.django_db
+def test_a_terminal_run_whose_steps_could_not_be_fetched_is_polled_until_they_are(mirror_settings, emulator,
+                                                                                   assistant, remote):
+    """The soak once ended with a completed run and no steps or text: the poll that saw it completed failed to
+    fetch its steps, the next poll found the same run object and released it as terminal. Never again."""
+    run = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": "answer [words:4]"}]})
+    thread_id = run.thread.remote_id
+    wait_for(lambda: remote.retrieve_run(thread_id, run.remote_id)["status"] == "completed")
+    emulator.set_faults({"5xx": 1.0, "match": r"GET /threads/[^/]+/runs/[^/]+/steps"})
+    [claimed] = poller.claim_due_runs("lane-a")
+    assert poller.poll_claimed(claimed, "lane-a") == "error"
+    run.refresh_from_db()
+    assert run.status == "completed" and run.steps.count() == 0 and run.next_poll_at is not None
+    assert services.details_owed(run)
+
+    # Every later poll sees the same run object; it must still fetch what is owed.
+    emulator.set_faults({})
+    later = run.next_poll_at + dt.timedelta(milliseconds=1)
+    [claimed] = poller.claim_due_runs("lane-b", now=later)
+    assert poller.poll_claimed(claimed, "lane-b") == "changed"
+    run.refresh_from_db()
+    remote_steps = list(remote.iter_run_steps(thread_id, run.remote_id))
+    assert remote_steps and {s.remote_id for s in run.steps.all()} == {s["id"] for s in remote_steps}
+    [message] = [m for m in remote.iter_messages(thread_id, run_id=run.remote_id) if m["role"] == "assistant"]
+    assert run.messages.get(role="assistant").text == message["content"][0]["text"]["value"]
+    assert run.next_poll_at is None and not services.details_owed(run)
+    assert poller.claim_due_runs("lane-c", now=later + dt.timedelta(hours=1)) == []  # owed nothing: never due
+
+
+@pytest.mark.django_db
+def test_a_failed_refresh_leaves_the_run_owed_its_steps(mirror_settings, emulator, assistant, remote):
+    run = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": "answer [words:4]"}]})
+    wait_for(lambda: remote.retrieve_run(run.thread.remote_id, run.remote_id)["status"] == "completed")
+    Run.objects.filter(pk=run.pk).update(next_poll_at=None)  # as if nobody meant to poll it
+    emulator.set_faults({"5xx": 1.0, "match": r"GET /threads/[^/]+/messages"})
+    with pytest.raises(AssistantsError):
+        services.run_refresh(run=run)
+    run.refresh_from_db()
+    assert run.status == "completed" and run.next_poll_at is not None
+    assert run.pk in [r.pk for r in poller.claim_due_runs("lane-a", now=run.next_poll_at)]
 
 
 @pytest.mark.django_db

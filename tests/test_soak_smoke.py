@@ -31,8 +31,18 @@ def test_soak_small():
     require("PostgreSQL and Redis", ok, why)
     out = subprocess.run([sys.executable, "bench/soak.py", "--runs", "14", "--concurrency", "4", "--timeout", "240"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert out.returncode == 0 and result["passed"], (result, out.stderr[-3000:])
+    lines = out.stdout.strip().splitlines()
+    assert lines, out.stderr[-3000:]
+    result = json.loads(lines[-1])
+    log_dir = os.environ.get("RUNS_APP_TEST_LOG_DIR")
+    if log_dir:  # the whole reading and the soak's stderr, kept with CI's logs
+        Path(log_dir, "soak_small.json").write_text(json.dumps(result, default=str, indent=1) + "\n")
+        Path(log_dir, "soak_small.stderr.log").write_text(out.stderr)
+    # The verdict's inputs first (pytest truncates a long message): which check failed is then readable.
+    verdict = {k: result.get(k) for k in (
+        "passed", "created", "checked", "mismatches", "mismatch_samples", "duplicates", "still_active",
+        "lane_heartbeat_age_s", "driver_errors", "driver_error_samples", "failed_q_tasks", "seconds", "error")}
+    assert out.returncode == 0 and result["passed"], f"{verdict}\n--- stderr tail ---\n{out.stderr[-2000:]}"
     assert result["created"] == result["checked"] == 14
     assert result["mismatches"] == 0 and result["duplicates"] == 0 and result["still_active"] == 0
     assert result["killed_at_s"] is not None
