@@ -9,7 +9,8 @@ Checks, each ``ok`` or not, with the HTTP status 200 when all are ok and 503 oth
   ``HEALTH_PROBE_AFTER`` seconds (nothing to poll), this check makes one cheap call itself (list one
   assistant, no retries, short timeout) at most that often, so a dead service is noticed even when idle.
 - ``poller``: the poll lanes' heartbeats; stalled when runs are active and no lane beat within
-  ``2 × CYCLE_SECONDS + 30`` s.
+  ``2 × LANE_STALE_AFTER`` s (a live lane beats every fifth of ``LANE_STALE_AFTER``, and the lane watcher
+  starts a lane silent for ``LANE_STALE_AFTER`` again: silence for twice that means nothing restarted it).
 
 Anonymous callers (load balancers) get each check's status; staff users also get the error texts.
 """
@@ -111,7 +112,7 @@ def check_poller(database_ok: bool) -> dict:
         return {"ok": False, "error": "the database is unavailable"}
     active = Run.objects.active().count()
     beat = PollerLane.objects.aggregate(m=Max("heartbeat_at"))["m"]
-    limit = 2 * float(app_settings.CYCLE_SECONDS) + 30
+    limit = 2 * float(app_settings.LANE_STALE_AFTER)
     stalled = active > 0 and (beat is None or (timezone.now() - beat) > dt.timedelta(seconds=limit))
     return {"ok": not stalled, "active_runs": active, "last_heartbeat_at": _iso(beat)} | (
         {"error": f"{active} active runs and no poll lane beat within {limit:g} s"} if stalled else {})

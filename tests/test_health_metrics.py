@@ -1,11 +1,14 @@
 """/healthz (database, broker, each connection's last call, the poller) and /metrics (Prometheus)."""
 
+import datetime as dt
+
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from emulator import serve_in_thread
 from runs_app import poller, relay, services
-from runs_app.models import ConnectionState
+from runs_app.models import ConnectionState, PollerLane
 from tests.client_helpers import wait_for
 from tests.conftest import FAST_POLLER
 
@@ -55,6 +58,12 @@ def test_healthz_flags_a_stalled_poller(mirror_settings, assistant, settings):
         "messages": [{"role": "user", "content": "wait [slow:30]"}]})
     body = Client().get("/healthz").json()  # no q cluster: nothing beats
     assert body["checks"]["poller"]["ok"] is False and body["checks"]["poller"]["active_runs"] == 1
+    settings.RUNS_APP = {**mirror_settings, "LANE_STALE_AFTER": 10.0}
+    lane = PollerLane.objects.create(lane=0, heartbeat_at=timezone.now() - dt.timedelta(seconds=21))
+    body = Client().get("/healthz").json()  # a beat older than 2 × LANE_STALE_AFTER: nothing restarted the lane
+    assert body["checks"]["poller"]["ok"] is False
+    PollerLane.objects.filter(pk=lane.pk).update(heartbeat_at=timezone.now() - dt.timedelta(seconds=19))
+    assert Client().get("/healthz").json()["checks"]["poller"]["ok"] is True
     services.run_cancel(run=run)
 
 
