@@ -108,8 +108,7 @@ class RunQuerySet(models.QuerySet):
         now = now or timezone.now()
         # Active runs, and terminal runs still owed their steps and messages (services.run_details_sync leaves
         # next_poll_at set when fetching them failed); a terminal run is otherwise never due.
-        return self.filter(next_poll_at__lte=now).filter(Q(claimed_until__isnull=True) |
-                                                                  Q(claimed_until__lt=now))
+        return self.filter(next_poll_at__lte=now).filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
 
     def stuck(self):
         return self.active().filter(stuck_since__isnull=False)
