@@ -25,6 +25,13 @@ class Flavor:
     drop_assistant: tuple = ()
     legacy_tools: bool = False
     plain_usage: bool = False         # 2024-05-01-preview usage has no *_details objects
+    # Foundry pushes a run's expires_at this many expire_after periods past the moment it enters
+    # requires_action (protocol.md §10: "far later while requires_action"); 0 keeps created_at + expire_after.
+    action_expiry_factor: float = 0.0
+
+    @property
+    def foundry(self) -> bool:
+        return self.backend == "foundry"
 
     @classmethod
     def make(cls, backend: str, api_version: str | None) -> Flavor:
@@ -34,7 +41,7 @@ class Flavor:
         # Real Azure traffic: no reasoning_effort; 2024-05-01-preview runs have no parallel_tool_calls.
         drop_run = ("reasoning_effort", "parallel_tool_calls") if old else ("reasoning_effort",)
         return cls(backend, api_version, drop_run=drop_run, drop_assistant=("reasoning_effort",), legacy_tools=old,
-                   plain_usage=old)
+                   plain_usage=old, action_expiry_factor=3.0 if backend == "foundry" else 0.0)
 
 
 @dataclass
@@ -73,6 +80,9 @@ def _strip_fs_content(step: dict) -> dict:
 
 
 MESSAGE_STREAM_ONLY = ("status", "incomplete_details", "incomplete_at", "completed_at")
+STREAM_RUN_RESOURCES = {"code_interpreter": {"file_ids": []}}
+ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+              "prompt_token_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
 def _plain_usage(obj: dict) -> dict:
@@ -82,12 +92,24 @@ def _plain_usage(obj: dict) -> dict:
     return obj
 
 
+def _foundry_run(run: dict, sse: bool) -> dict:
+    """Foundry's run shape (protocol.md §10): tool_resources is always present, `{}` in JSON answers and with an
+    empty code_interpreter inside stream events; a failed run reports zero usage, never null."""
+    tr = run.get("tool_resources") or {}
+    changes = {"tool_resources": {**STREAM_RUN_RESOURCES, **tr} if sse else tr}
+    if run.get("status") == "failed":
+        changes["usage"] = dict(ZERO_USAGE)
+    return {**run, **changes}
+
+
 def render(obj: dict, flavor: Flavor, include_content: bool = False, sse: bool = False) -> dict:
     """Shape a stored object for one backend/api-version, the include[] query, and REST vs SSE."""
     kind = obj.get("object")
     if kind == "thread.run":
         if flavor.drop_run:
             obj = {k: v for k, v in obj.items() if k not in flavor.drop_run}
+        if flavor.foundry:
+            obj = _foundry_run(obj, sse)
         if flavor.plain_usage:
             obj = _plain_usage(obj)
     elif kind == "thread.message":
@@ -395,7 +417,13 @@ def _resolve_run_values(vals: dict, body: dict, assistant: dict) -> dict:
 
 
 def _empty_resources(stream) -> dict:
-    return {"code_interpreter": {"file_ids": []}} if stream else {}
+    return dict(STREAM_RUN_RESOURCES) if stream else {}
+
+
+def _run_resources(flavor: Flavor, stream) -> dict:
+    # Azure/OpenAI recordings: streamed runs echo an empty code_interpreter resource, non-streamed runs echo {}
+    # (in every later answer too). Foundry decides per answer instead (render), so its runs store {}.
+    return {} if flavor.foundry else _empty_resources(stream)
 
 
 def _run_reply(store: Store, run: dict, rt, stream: bool, include: bool, prefix=None):
@@ -421,9 +449,9 @@ def run_create(store: Store, flavor: Flavor, tid: str, body, query: dict):
         raise ApiError(400, f"Thread {tid} already has an active run {active['id']}.")
     for m in extra_msgs:
         store.add_message(tid, m)
-    # Real traffic: streamed runs echo an empty code_interpreter resource, non-streamed runs echo {}.
     run = store.create_run(thread, assistant, params, include_content=include,
-                           flavor_tool_resources=_empty_resources(vals["stream"]))
+                           flavor_tool_resources=_run_resources(flavor, vals["stream"]),
+                           action_expiry_factor=flavor.action_expiry_factor)
     return _run_reply(store, run, store.rt[run["id"]], bool(vals["stream"]), include)
 
 
@@ -444,7 +472,8 @@ def thread_and_run_create(store: Store, flavor: Flavor, body, query: dict):
         store.owner_files.setdefault(thread["id"], []).extend(files)
     run = store.create_run(thread, assistant, params, include_content=include,
                            flavor_tool_resources=run_resources if run_resources is not None
-                           else _empty_resources(vals["stream"]))
+                           else _run_resources(flavor, vals["stream"]),
+                           action_expiry_factor=flavor.action_expiry_factor)
     return _run_reply(store, run, store.rt[run["id"]], bool(vals["stream"]), include,
                       prefix=[("thread.created", dict(thread))])
 
@@ -547,6 +576,9 @@ def dispatch(store: Store, flavor: Flavor, method: str, parts: list, query: dict
     if n == 1:
         if method == "POST":
             return thread_create(store, body)
+        if method == "GET" and flavor.backend != "openai":
+            # Foundry documents threads.list; Azure answers it too. api.openai.com never had it.
+            return Reply(200, paginate(list(store.threads.values()), query))
         raise RouteNotFound
     tid = parts[1]
     if n == 2:

@@ -103,6 +103,9 @@ class RunRuntime:
         self.searched = False
         self.cite_file_id = None
         self.prompt_tokens = 0
+        self.created = 0.0           # wall-clock creation time (expires_at is counted from it)
+        self.action_expiry_factor = 0.0
+        self.expiry_gen = 0          # bumped whenever expires_at moves: older expiry timers do nothing
         self.usage_prompt = 0
         self.usage_completion = 0
         self.file_ids: list = []
@@ -274,8 +277,12 @@ class Store:
         del self.threads[tid]
 
     def create_run(self, thread: dict, assistant: dict, params: dict, *, include_content: bool,
-                   flavor_tool_resources: dict) -> dict:
-        """params: already-validated run fields. Returns the run (status queued)."""
+                   flavor_tool_resources: dict, action_expiry_factor: float = 0.0) -> dict:
+        """params: already-validated run fields. Returns the run (status queued).
+
+        action_expiry_factor > 0: while the run waits in requires_action its expires_at is moved to
+        now + factor × expire_after (Foundry), then back once tool outputs arrive.
+        """
         now_f = time.time()
         now = int(now_f)
         rid = self.new_id("run_")
@@ -299,12 +306,16 @@ class Store:
         self.run_steps[rid] = []
         rt = RunRuntime(rid, self.lock)
         rt.include_content = include_content
+        rt.created = now_f
+        rt.action_expiry_factor = action_expiry_factor
         self.rt[rid] = rt
         # The model reads the latest user message (after additional_messages were added).
         last_user = next((self.messages[mid] for mid in reversed(self.thread_messages[thread["id"]])
                           if self.messages[mid]["role"] == "user"), None)
         rt.text = model.message_text(last_user) if last_user else ""
         rt.triggers = model.parse_triggers(rt.text)
+        if rt.triggers.fail is None and model.is_undeployed(run["model"]):
+            rt.triggers.fail = "invalid_engine_error"
         rt.prompt_tokens = self._prompt_tokens(run)
         rt.file_ids = self._file_ids(thread, assistant)
         self._record(run, None, "queued")
@@ -312,7 +323,7 @@ class Store:
         self._emit(rt, "thread.run.queued", run)
         rt.gen = self._script(run, rt)
         self._advance(rt, rt.epoch)
-        self.scheduler.call_later(self.expire_after, self._expire, rt)
+        self.scheduler.call_later(self.expire_after, self._expire, rt, rt.expiry_gen)
         return run
 
     def _file_ids(self, thread: dict, assistant: dict) -> list:
@@ -346,6 +357,16 @@ class Store:
         for sid in self.run_steps[run["id"]]:
             self.steps[sid]["expires_at"] = None
         self._run_set(run, status, expires_at=None, required_action=None, **fields)
+
+    def _move_expiry(self, run: dict, rt: RunRuntime, at: float) -> int:
+        """Move the run's expiry to wall time ``at``: open steps follow, and only the new timer counts."""
+        rt.expiry_gen += 1
+        self.scheduler.call_later(at - time.time(), self._expire, rt, rt.expiry_gen)
+        expires_at = int(at)
+        for sid in self.run_steps[run["id"]]:
+            if self.steps[sid]["status"] == "in_progress":
+                self.steps[sid]["expires_at"] = expires_at
+        return expires_at
 
     def _new_step(self, run: dict, rt: RunRuntime, stype: str, details: dict) -> dict:
         step = {"id": self.new_id("step_"), "object": "thread.run.step", "created_at": int(time.time()),
@@ -413,8 +434,8 @@ class Store:
             yield PARK   # never resumed: the expiry timer ends the run
             return
         yield self.d(0.3)
-        if trig.fail == "invalid_prompt":
-            self._fail(run, rt, "invalid_prompt")
+        if trig.fail in ("invalid_prompt", "invalid_engine_error"):
+            self._fail(run, rt, trig.fail)
             return
         if run["max_prompt_tokens"] is not None and rt.prompt_tokens > run["max_prompt_tokens"]:
             self._finish_run(run, rt, "incomplete", incomplete_details={"reason": "max_prompt_tokens"})
@@ -519,7 +540,10 @@ class Store:
         rt.calls = calls
         rt.tool_step_id = sid
         yield self.d(0.1)
-        self._run_set(run, "requires_action", required_action={
+        expiry = {}
+        if rt.action_expiry_factor:
+            expiry["expires_at"] = self._move_expiry(run, rt, time.time() + rt.action_expiry_factor * self.expire_after)
+        self._run_set(run, "requires_action", **expiry, required_action={
             "type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [
                 {"id": c, "type": "function", "function": {"name": n, "arguments": a}} for c, n, a in calls]}})
 
@@ -592,7 +616,7 @@ class Store:
 
     def _fail(self, run: dict, rt: RunRuntime, code: str, *, step=None, msg=None) -> None:
         now = int(time.time())
-        error = {"code": code, "message": model.FAIL_MESSAGES[code]}
+        error = {"code": code, "message": model.FAIL_MESSAGES[code].format(model=run["model"])}
         if msg is not None and msg["status"] == "in_progress":
             self._message_set(rt, msg, "incomplete", incomplete_at=now, incomplete_details={"reason": "run_failed"})
         if step is not None and step["status"] == "in_progress":
@@ -615,7 +639,13 @@ class Store:
         self._complete_step(rt, step, rt.prompt_tokens, completion, step_details=step_details)
         rt.calls = []
         rt.tool_step_id = None
-        self._run_set(run, "queued", required_action=None)
+        expiry = {}
+        if rt.action_expiry_factor:
+            # Back to created_at + expire_after, unless the outputs came later than that.
+            now = time.time()
+            due = rt.created + self.expire_after
+            expiry["expires_at"] = self._move_expiry(run, rt, due if due > now else now + self.expire_after)
+        self._run_set(run, "queued", required_action=None, **expiry)
         self._resume(rt, self.d(0.3))
 
     def cancel(self, run: dict) -> None:
@@ -648,10 +678,11 @@ class Store:
             self._end_open_children(run, rt, "cancelled", "run_cancelled", cancelled_at=now)
             self._finish_run(run, rt, "cancelled", cancelled_at=now)
 
-    def _expire(self, rt: RunRuntime) -> None:
+    def _expire(self, rt: RunRuntime, gen: int) -> None:
         with self.lock:
             run = self.runs.get(rt.run_id)
-            if rt.dead or run is None or self.rt.get(rt.run_id) is not rt or run["status"] not in ACTIVE:
+            if (rt.dead or gen != rt.expiry_gen or run is None or self.rt.get(rt.run_id) is not rt
+                    or run["status"] not in ACTIVE):
                 return
             self._end_open_children(run, rt, "expired", "run_expired")
             self._finish_run(run, rt, "expired")

@@ -26,11 +26,14 @@ class ApiError(Exception):
 class RawError(Exception):
     """An error whose body is given verbatim (Azure gateway shapes: code is a string number)."""
 
-    def __init__(self, status: int, body: dict, headers: dict | None = None):
+    def __init__(self, status: int, body: dict, headers: dict | None = None, *, gateway: bool = False):
         super().__init__(str(body))
         self.status = status
         self._body = body
         self.headers = headers or {}
+        # Answered by the API gateway in front of the service: none of the service's own headers
+        # (x-ratelimit-*, openai-*) are sent with it.
+        self.gateway = gateway
 
     def body(self) -> dict:
         return self._body

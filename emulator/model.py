@@ -20,7 +20,15 @@ FAIL_MESSAGES = {
     "server_error": "Sorry, something went wrong.",
     "rate_limit_exceeded": "Rate limit is exceeded. Try again in 60 seconds.",
     "invalid_prompt": "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+    # Foundry's wording when the run's model has no deployment (seen in public Foundry agent logs).
+    "invalid_engine_error": "Failed to resolve model info for: {model}",
 }
+UNDEPLOYED_PREFIX = "undeployed"
+
+
+def is_undeployed(model_name) -> bool:
+    """A model (deployment) name starting with "undeployed" stands for a model the project has not deployed."""
+    return isinstance(model_name, str) and model_name.lower().startswith(UNDEPLOYED_PREFIX)
 
 HTML_PAYLOAD = "Here is some markup: <img src=x onerror=alert(1)> and <script>alert(1)</script> done."
 

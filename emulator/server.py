@@ -44,6 +44,7 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            503: "Service Unavailable"}
 RATE_LIMIT = 10000        # advertised requests per minute (x-ratelimit-limit-requests)
 MAX_BODY = 32 * 1024 * 1024
+FOUNDRY_RATE_POLICY = "rate-limit-by-key"   # the policy-id header of the Foundry gateway's 429
 
 
 def dumps(obj) -> bytes:
@@ -186,17 +187,18 @@ class Handler(socketserver.StreamRequestHandler):
             self.rfile.readline(65537)
 
     # ------------------------------------------------------------------ responses
-    def _base_headers(self, backend: str | None, extra=()) -> list:
+    def _base_headers(self, backend: str | None, extra=(), gateway: bool = False) -> list:
         rid = str(uuid.uuid4())
-        h = [("Date", self.server.http_date()), ("x-request-id", rid), ("apim-request-id", rid),
-             ("x-ratelimit-limit-requests", str(RATE_LIMIT)),
-             ("x-ratelimit-remaining-requests", str(self.server.rate_remaining()))]
+        h = [("Date", self.server.http_date()), ("x-request-id", rid), ("apim-request-id", rid)]
+        if not gateway:
+            h += [("x-ratelimit-limit-requests", str(RATE_LIMIT)),
+                  ("x-ratelimit-remaining-requests", str(self.server.rate_remaining()))]
         if backend in ("azure", "foundry"):
             h.append(("x-ms-region", "Emulator Central"))
             client_rid = self.headers.get("x-ms-client-request-id") if hasattr(self, "headers") else None
             if client_rid:
                 h.append(("x-ms-client-request-id", client_rid))
-        elif backend == "openai":
+        elif backend == "openai" and not gateway:
             h.append(("openai-version", "2020-10-01"))
         h.extend(extra)
         return h
@@ -211,7 +213,7 @@ class Handler(socketserver.StreamRequestHandler):
 
     def _send_error(self, exc, backend: str | None) -> None:
         extra = list(getattr(exc, "headers", {}).items())
-        self._send(exc.status, dumps(exc.body()), self._base_headers(backend, extra))
+        self._send(exc.status, dumps(exc.body()), self._base_headers(backend, extra, getattr(exc, "gateway", False)))
 
     # ------------------------------------------------------------------ routing, auth, faults
     def _process(self, method: str, target: str, headers: dict, body: bytes) -> None:
@@ -413,6 +415,11 @@ def _flavor(backend: str, version: str | None) -> api.Flavor:
 def _fault_error(kind: str, backend: str, speed: float) -> RawError:
     retry_ms = str(max(1, int(1000 / speed)))
     if kind == "429":
+        if backend == "foundry":
+            # The Foundry gateway's own 429 (protocol.md §10): Retry-After in seconds and the APIM policy that
+            # fired; no retry-after-ms and none of the service's x-ratelimit-* / openai-* headers.
+            body = {"error": {"code": "429", "message": "Rate limit is exceeded. Try again in 1 seconds."}}
+            return RawError(429, body, {"Retry-After": "1", "policy-id": FOUNDRY_RATE_POLICY}, gateway=True)
         headers = {"retry-after": "1", "retry-after-ms": retry_ms}
         if backend == "openai":
             body = {"error": {"message": "Rate limit reached for requests. Please try again in 1s.",

@@ -122,6 +122,16 @@ def _empty_list_ids_nullable(defs: dict) -> None:
             defs[name]["properties"][key] = {"type": ["string", "null"]}
 
 
+def _list_threads(defs: dict) -> None:
+    # `GET /threads` (Foundry `threads.list`, also answered by Azure; protocol.md §10) is not in the 2024 OpenAI
+    # spec: the usual cursor page of thread objects.
+    page = copy.deepcopy(defs["ListRunsResponse"])
+    page["properties"]["data"] = {"type": "array", "items": {"$ref": "#/$defs/ThreadObject"}}
+    for key in ("first_id", "last_id"):
+        page["properties"][key] = {"type": ["string", "null"]}
+    defs["ListThreadsResponse"] = page
+
+
 class SpecException(NamedTuple):
     why: str
     patch: Callable[[dict], None]
@@ -161,6 +171,9 @@ SPEC_EXCEPTIONS: dict[str, SpecException] = {
     ),
     "file_search.result.attributes": SpecException(
         "file_search results carry `attributes` (OpenAI 2025)", _file_search_result_attributes, False
+    ),
+    "threads.list": SpecException(
+        "Foundry/Azure list threads: a cursor page of thread objects (protocol.md §10)", _list_threads, False
     ),
     "azure.error.gateway_shape": SpecException(
         'Azure 429/404 gateway errors: {"error":{"code":"429","message":...}}, no type/param (protocol.md §3)',
@@ -367,7 +380,7 @@ def body_schema(method: str, path: str, status: int, *, azure: bool = False) -> 
     if parts[0] != "threads":
         return None
     if parts == ["threads"]:
-        return "ThreadObject"
+        return "ListThreadsResponse" if method == "GET" else "ThreadObject"
     if parts == ["threads", "runs"]:
         return "RunObject"
     if len(parts) == 2:
