@@ -132,6 +132,13 @@ def _list_threads(defs: dict) -> None:
     defs["ListThreadsResponse"] = page
 
 
+def _run_error_invalid_engine(defs: dict) -> None:
+    # Foundry fails a run whose model is not deployed inside a 200 stream with
+    # `last_error.code = "invalid_engine_error"` (protocol.md §10), a code the 2024 spec does not list.
+    code = defs["RunObject"]["properties"]["last_error"]["properties"]["code"]
+    code["enum"] = [*code["enum"], "invalid_engine_error"]
+
+
 class SpecException(NamedTuple):
     why: str
     patch: Callable[[dict], None]
@@ -174,6 +181,11 @@ SPEC_EXCEPTIONS: dict[str, SpecException] = {
     ),
     "threads.list": SpecException(
         "Foundry/Azure list threads: a cursor page of thread objects (protocol.md §10)", _list_threads, False
+    ),
+    "run.last_error.invalid_engine_error": SpecException(
+        "Foundry runs of an undeployed model fail with `invalid_engine_error` (protocol.md §10)",
+        _run_error_invalid_engine,
+        False,
     ),
     "azure.error.gateway_shape": SpecException(
         'Azure 429/404 gateway errors: {"error":{"code":"429","message":...}}, no type/param (protocol.md §3)',

@@ -129,6 +129,21 @@ class Wire:
         return asst, self.wait_run(thread["id"], run["id"], until=until)
 
 
+def await_status(handle, object_id: str, statuses, timeout: float = 15.0) -> dict:
+    """Block on the emulator's state-change record (long-poll, no sleeping) until `object_id` reaches one of
+    `statuses`. Returns that record entry (`{"seq", "object", "id", "from", "to", "monotonic", "wall", ...}`)."""
+    statuses = {statuses} if isinstance(statuses, str) else set(statuses)
+    deadline = time.monotonic() + timeout
+    since = 0
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{object_id} never reached {sorted(statuses)} within {timeout}s"
+        for entry in handle.state.events_since(since, wait=left):
+            since = entry["seq"]
+            if entry["id"] == object_id and entry["to"] in statuses:
+                return entry
+
+
 def event_names(events: list[tuple[str, Any]]) -> list[str]:
     return [event for event, _ in events]
 
