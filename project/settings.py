@@ -121,17 +121,24 @@ EMULATOR_API_KEY = env_str("EMULATOR_API_KEY", "emulator-local-key")
 AZURE_OPENAI_ENDPOINT = env_str("AZURE_OPENAI_ENDPOINT", "")
 USING_EMULATOR = not AZURE_OPENAI_ENDPOINT and DEBUG
 
+RUNS_APP_KIND = env_str("RUNS_APP_KIND", "azure_openai")
+# The emulator serves Foundry classic agents under a project path, as Foundry does.
+EMULATOR_ENDPOINT = EMULATOR_URL + ("/api/projects/demo" if RUNS_APP_KIND == "foundry_agents" else "")
+
 RUNS_APP = {
     "CONNECTIONS": {
         "default": {
-            "KIND": env_str("RUNS_APP_KIND", "azure_openai"),
-            "ENDPOINT": EMULATOR_URL if USING_EMULATOR else AZURE_OPENAI_ENDPOINT,
-            "API_VERSION": env_str("AZURE_OPENAI_API_VERSION", "2024-08-01-preview"),
+            "KIND": RUNS_APP_KIND,
+            "ENDPOINT": EMULATOR_ENDPOINT if USING_EMULATOR else AZURE_OPENAI_ENDPOINT,
+            # Unset: the kind's own default (runs_app.conf.DEFAULT_API_VERSIONS), never Azure's for Foundry.
+            "API_VERSION": env_str("AZURE_OPENAI_API_VERSION", "") or None,
             "AUTH": env_str("AZURE_OPENAI_AUTH", "api_key"),
             "API_KEY": EMULATOR_API_KEY if USING_EMULATOR else env_str("AZURE_OPENAI_API_KEY", ""),
         },
     },
 }
+if env_str("RUNS_APP_DISCOVER_THREADS", ""):
+    RUNS_APP["CONNECTIONS"]["default"]["DISCOVER_THREADS"] = env_bool("RUNS_APP_DISCOVER_THREADS", False)
 # Scale-out knobs (README, Scale-out): poll lanes across all q clusters, threads per lane, runs claimed per
 # pass; the /metrics bearer token.
 for _key, _cast in [("POLLER_LANES", int), ("POLL_THREADS", int), ("CLAIM_BATCH", int), ("METRICS_TOKEN", str)]:

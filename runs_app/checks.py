@@ -15,9 +15,12 @@ from runs_app.conf import (
     AUTH_ENTRA,
     AUTHS,
     CONNECTION_DEFAULTS,
+    DEFAULT_API_VERSIONS,
     DEFAULTS,
     KIND_FOUNDRY_AGENTS,
+    KIND_OPENAI,
     KINDS,
+    KNOWN_API_VERSIONS,
     SETTING_NAME,
 )
 
@@ -152,7 +155,8 @@ def _check_connection(name: str, conn) -> list:
                 id="runs_app.E008",
             )
         )
-    elif auth == AUTH_API_KEY and kind == KIND_FOUNDRY_AGENTS:
+    elif auth == AUTH_API_KEY and kind == KIND_FOUNDRY_AGENTS and not (parts and _is_loopback(parts.hostname or "")):
+        # (The bundled emulator, on loopback, takes the key as the bearer token Foundry expects.)
         errors.append(
             Error(
                 f"{_key('CONNECTIONS', name, 'AUTH')} is 'api_key', but Foundry classic agents accept Entra ID only.",
@@ -187,6 +191,38 @@ def _check_connection(name: str, conn) -> list:
                 id="runs_app.E010",
             )
         )
+    elif version is not None and kind in KINDS and version not in KNOWN_API_VERSIONS[kind]:
+        if kind == KIND_OPENAI:
+            message = f"{_key('CONNECTIONS', name, 'API_VERSION')} is set, but OpenAI takes no api-version."
+        else:
+            known = ", ".join(KNOWN_API_VERSIONS[kind])
+            message = (f"{_key('CONNECTIONS', name, 'API_VERSION')} is {version!r}, which {kind} is not known to "
+                       f"serve the Assistants protocol on (known: {known}).")
+        errors.append(
+            Warning(
+                message,
+                hint=f"Leave it unset for the kind's default ({DEFAULT_API_VERSIONS[kind] or 'none'}), or check "
+                "the service's documentation; an api-version the service does not serve answers 404 to every call.",
+                id="runs_app.W003",
+            )
+        )
+    errors += _check_thread_discovery(name, conn, kind)
+    return errors
+
+
+def _check_thread_discovery(name: str, conn: dict, kind: str) -> list:
+    errors = []
+    discover = conn.get("DISCOVER_THREADS")
+    if discover is not None and not isinstance(discover, bool):
+        errors.append(Error(f"{_key('CONNECTIONS', name, 'DISCOVER_THREADS')} must be True, False or None "
+                            f"(the kind's default), not {discover!r}.", id="runs_app.E013"))
+    elif discover and kind == KIND_OPENAI:
+        errors.append(Error(f"{_key('CONNECTIONS', name, 'DISCOVER_THREADS')} is True, but OpenAI cannot list "
+                            "threads.", hint="Remove the key (or set it to False).", id="runs_app.E013"))
+    since = conn.get("DISCOVER_THREADS_SINCE", CONNECTION_DEFAULTS["DISCOVER_THREADS_SINCE"])
+    if isinstance(since, bool) or not isinstance(since, int | float) or since <= 0:
+        errors.append(Error(f"{_key('CONNECTIONS', name, 'DISCOVER_THREADS_SINCE')} must be a positive number of "
+                            f"seconds, not {since!r}.", id="runs_app.E013"))
     return errors
 
 

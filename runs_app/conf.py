@@ -31,6 +31,24 @@ DEFAULT_API_VERSIONS = {
     KIND_OPENAI: None,
 }
 
+#: The api-versions each kind is known to serve the Assistants protocol on (check runs_app.W003 warns on others):
+#: Azure OpenAI's Assistants v1/v2 previews, and the three Foundry classic agents values seen in Microsoft's own
+#: SDK traffic (protocol.md §10).
+KNOWN_API_VERSIONS = {
+    KIND_AZURE_OPENAI: (
+        "2024-02-15-preview", "2024-03-01-preview", "2024-04-01-preview", "2024-05-01-preview", "2024-07-01-preview",
+        "2024-08-01-preview", "2024-09-01-preview", "2024-10-01-preview", "2024-12-01-preview", "2025-01-01-preview",
+        "2025-02-01-preview", "2025-03-01-preview", "2025-04-01-preview",
+    ),
+    KIND_FOUNDRY_AGENTS: ("2025-05-01", "2025-05-15-preview", "v1"),
+    KIND_OPENAI: (),
+}
+
+#: Whether a connection lists the service's threads (``GET /threads``) to find conversations started elsewhere,
+#: when ``DISCOVER_THREADS`` is left unset: Foundry documents the listing; Azure OpenAI answers it undocumented;
+#: OpenAI never offered it.
+DEFAULT_DISCOVER_THREADS = {KIND_AZURE_OPENAI: False, KIND_FOUNDRY_AGENTS: True, KIND_OPENAI: False}
+
 #: Top-level keys of ``RUNS_APP`` and their defaults. Documented in README.md ("Configuration").
 DEFAULTS = {
     # Named remote services. Each entry: see CONNECTION_DEFAULTS.
@@ -94,6 +112,10 @@ CONNECTION_DEFAULTS = {
     "API_KEY": "",
     # Entra ID token scope; None: the kind's default.
     "ENTRA_SCOPE": None,
+    # List the service's threads every DISCOVERY_INTERVAL and follow the new ones; None: the kind's default
+    # (on for foundry_agents). Only threads created within DISCOVER_THREADS_SINCE seconds are taken.
+    "DISCOVER_THREADS": None,
+    "DISCOVER_THREADS_SINCE": 86400.0,
 }
 
 DEFAULT_ENTRA_SCOPES = {
@@ -139,7 +161,13 @@ class AppSettings:
             merged["API_VERSION"] = DEFAULT_API_VERSIONS.get(kind)
         if merged["ENTRA_SCOPE"] is None:
             merged["ENTRA_SCOPE"] = DEFAULT_ENTRA_SCOPES.get(kind)
+        if merged["DISCOVER_THREADS"] is None:
+            merged["DISCOVER_THREADS"] = DEFAULT_DISCOVER_THREADS.get(kind, False)
         return merged
+
+    def connections_discovering_threads(self) -> list[str]:
+        """The connections whose threads are listed to find new conversations (``DISCOVER_THREADS``)."""
+        return [name for name in self.CONNECTIONS if self.connection(name)["DISCOVER_THREADS"]]
 
     def reload(self):
         self._cached = None

@@ -230,18 +230,16 @@ def thread_live_runs(request, thread: Thread):
     content = str(data.get("content") or "")
     instructions = str(data.get("instructions") or "").strip() or None
     services.validate_run_request(assistant_id, {})
-    if not content.strip():
-        raise ValidationError({"content": ["Write a message for the assistant."]})
+    services.validate_message({"role": "user", "content": content})
     active = thread.runs.active().order_by("-created_at").first()
     if active is not None:
         raise ValidationError({"thread_id": [
             f"Run {active.remote_id} is still {active.status} on this thread; watch or cancel it first."]})
-    message = services.message_create(thread=thread, content=content, user=request.user)
+    # The message goes inside the create-run request: a refused run leaves nothing on the thread.
     stream = relay.run_create_stream(thread=thread, assistant_id=assistant_id, user=request.user,
-                                     instructions=instructions)
-    response = _sse(stream)
-    response["X-Runs-App-Message"] = message.remote_id
-    return response
+                                     instructions=instructions,
+                                     additional_messages=[{"role": "user", "content": content}])
+    return _sse(stream)
 
 
 @require_POST

@@ -10,6 +10,8 @@ clusters, all machines):
 - ``runs_app_rate_limited_total{connection}`` — 429s seen by the poller (counter);
 - ``runs_app_connection_paused{connection}`` — 1 while polling of the connection is paused after a 429;
 - ``runs_app_connection_last_success_timestamp_seconds{connection}``;
+- ``runs_app_thread_discovery_requests_total{connection}`` and ``runs_app_threads_discovered_total{connection}`` —
+  what listing the service's threads (``DISCOVER_THREADS``) cost and found (counters);
 - ``runs_app_polls_total{lane}`` and ``runs_app_poll_cycles_total{lane}`` — runs polled and cycles per lane;
 - ``runs_app_poller_heartbeat_age_seconds{lane}``;
 - ``runs_app_sync_lag_seconds`` — a gauge histogram of the active runs' lag (now − the last time their state
@@ -63,7 +65,13 @@ class MirrorCollector:
                                    labels=["connection"])
         success = GaugeMetricFamily("runs_app_connection_last_success_timestamp_seconds",
                                     "When the connection last answered a call.", labels=["connection"])
+        discovery = CounterMetricFamily("runs_app_thread_discovery_requests",
+                                        "Requests made by thread discovery (DISCOVER_THREADS).", labels=["connection"])
+        discovered = CounterMetricFamily("runs_app_threads_discovered", "Threads found by thread discovery.",
+                                         labels=["connection"])
         for state in ConnectionState.objects.all():
+            discovery.add_metric([state.connection], state.discovery_requests)
+            discovered.add_metric([state.connection], state.threads_discovered)
             failed = state.failed_requests
             requests.add_metric([state.connection, "ok"], max(0, state.requests - failed - state.rate_limited))
             requests.add_metric([state.connection, "error"], failed)
@@ -72,7 +80,7 @@ class MirrorCollector:
             paused.add_metric([state.connection], 1 if state.paused_until and state.paused_until > now else 0)
             if state.last_success_at:
                 success.add_metric([state.connection], state.last_success_at.timestamp())
-        yield from (requests, limited, paused, success)
+        yield from (requests, limited, paused, success, discovery, discovered)
 
         polls = CounterMetricFamily("runs_app_polls", "Runs polled, per poll lane.", labels=["lane"])
         cycles = CounterMetricFamily("runs_app_poll_cycles", "Poll cycles run, per lane.", labels=["lane"])

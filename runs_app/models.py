@@ -86,6 +86,10 @@ class Thread(MirrorRow):
     )
     next_discovery_at = models.DateTimeField(null=True, blank=True)
     discovery_interval = models.FloatField(null=True, blank=True, help_text="Seconds between run listings.")
+    # The thread's messages are listed from here on (order=asc&after=cursor): the newest message that can no
+    # longer change, and its place in the thread (services.thread_messages_sync).
+    messages_cursor = models.CharField(max_length=128, blank=True)
+    messages_synced_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["connection", "remote_id"], name="runs_app_thread_remote_id")]
@@ -217,6 +221,11 @@ class RunStep(MirrorRow):
         return (self.step_details or {}).get("tool_calls") or []
 
 
+#: ``Message.position`` of a message no listing has placed yet (one that arrived by a stream): after every
+#: listed message of the same second, which it follows in the thread.
+UNLISTED_POSITION = 2**62
+
+
 class Message(MirrorRow):
     thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="messages")
     run = models.ForeignKey(Run, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages")
@@ -229,10 +238,18 @@ class Message(MirrorRow):
     incomplete_details = models.JSONField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     incomplete_at = models.DateTimeField(null=True, blank=True)
+    # The protocol's created_at has one-second resolution: the place in the thread's listing orders messages
+    # of the same second (a prompt and its answer often are).
+    position = models.PositiveBigIntegerField(default=UNLISTED_POSITION,
+                                              help_text="Place in the thread as the service lists it.")
+
+    #: The thread's order, oldest first.
+    THREAD_ORDER = ("created_at", "position", "id")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["connection", "remote_id"], name="runs_app_message_remote_id")]
-        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["thread", "created_at", "position"], name="runs_app_message_thread_order")]
+        ordering = ["created_at", "position", "id"]
 
     @property
     def text(self) -> str:
@@ -309,6 +326,13 @@ class ConnectionState(models.Model):
     requests = models.PositiveBigIntegerField(default=0)
     failed_requests = models.PositiveBigIntegerField(default=0, help_text="Requests that failed (not 429s).")
     rate_limited = models.PositiveBigIntegerField(default=0)
+    # Thread discovery (DISCOVER_THREADS): when the next listing of the connection's threads is due, the newest
+    # thread it has seen (listings stop there), and what discovery has cost and found.
+    next_thread_discovery_at = models.DateTimeField(null=True, blank=True)
+    newest_thread_id = models.CharField(max_length=128, blank=True)
+    discovery_requests = models.PositiveBigIntegerField(
+        default=0, help_text="Requests made by thread discovery (thread listings, first message listings).")
+    threads_discovered = models.PositiveBigIntegerField(default=0)
 
     def __str__(self):
         return self.connection

@@ -29,7 +29,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Case, F, Min, Q, Value, When
 from django.utils import timezone
 
-from runs_app import services, signals
+from runs_app import services, signals, sync
 from runs_app.assistants import AssistantsError, NotFound, RateLimited
 from runs_app.conf import app_settings
 from runs_app.models import (
@@ -269,6 +269,85 @@ def discover_due_threads(*, limit: int = 20) -> int:
     return found
 
 
+def discover_new_threads(*, now: dt.datetime | None = None) -> int:
+    """For each connection with ``DISCOVER_THREADS``, every ``DISCOVERY_INTERVAL``: list the service's threads
+    newest first, down to the newest one seen before (or to ``DISCOVER_THREADS_SINCE`` ago), and follow each new
+    one — its messages now, its runs by the usual discovery. One request when nothing is new. Each connection is
+    taken with a compare-and-set on its due time, so one lane lists it. Returns the threads found."""
+    now = now or timezone.now()
+    found = 0
+    paused = set(paused_connections(now))
+    for name in app_settings.connections_discovering_threads():
+        if name in paused:
+            continue
+        state, _ = ConnectionState.objects.get_or_create(connection=name)
+        due = state.next_thread_discovery_at
+        if due is not None and due > now:
+            continue
+        next_at = now + dt.timedelta(seconds=float(app_settings.DISCOVERY_INTERVAL))
+        if not ConnectionState.objects.filter(pk=state.pk, next_thread_discovery_at=due).update(
+                next_thread_discovery_at=next_at):
+            continue  # another lane took it
+        found += _discover_threads_of(name, state.newest_thread_id, now)
+    return found
+
+
+def _discover_threads_of(name: str, newest_known: str, now: dt.datetime) -> int:
+    conf = app_settings.connection(name)
+    since = now - dt.timedelta(seconds=float(conf["DISCOVER_THREADS_SINCE"]))
+    client = services.get_client(name)
+    requests, new_threads, newest = 0, [], None
+    after = None
+    try:
+        while True:
+            started = timezone.now()
+            page = client.list_threads(limit=100, order="desc", after=after)
+            requests += 1
+            data = page.get("data") or []
+            newest = newest or (data[0]["id"] if data else None)
+            done = not page.get("has_more") or not data
+            for payload in data:
+                created = sync.ts(payload.get("created_at"))
+                if payload.get("id") == newest_known or (created is not None and created < since):
+                    done = True
+                    break
+                new_threads.append((payload, Observation.now(Source.LIST, started)))
+            if done:
+                break
+            after = data[-1]["id"]
+    except RateLimited as exc:
+        pause_connection(name, exc.retry_after, str(exc))
+        return 0
+    except AssistantsError as exc:
+        logger.warning("thread discovery on %s failed: %s", name, exc)
+        _record(name, error=str(exc))
+        ConnectionState.objects.filter(connection=name).update(
+            discovery_requests=F("discovery_requests") + requests + 1)
+        return 0
+    found = 0
+    for payload, seen in reversed(new_threads):  # oldest first
+        if Thread.objects.filter(connection=name, remote_id=payload["id"]).exists():
+            continue
+        thread = sync.apply_thread(payload, connection=name, seen=seen).row
+        Thread.objects.filter(pk=thread.pk).update(tracked=True, next_discovery_at=timezone.now())
+        found += 1
+        try:
+            services.thread_messages_sync(thread=thread, client=client, source=Source.LIST)
+            requests += 1
+        except AssistantsError as exc:  # its runs' ends bring them
+            requests += 1
+            logger.warning("messages of discovered thread %s: %s", thread.remote_id, exc)
+    changes = {"discovery_requests": F("discovery_requests") + requests,
+               "threads_discovered": F("threads_discovered") + found,
+               "requests": F("requests") + requests, "last_success_at": timezone.now()}
+    if newest:
+        changes["newest_thread_id"] = newest
+    ConnectionState.objects.filter(connection=name).update(**changes)
+    if found:
+        logger.info("thread discovery on %s: %d new thread(s) followed", name, found)
+    return found
+
+
 # --- lanes ------------------------------------------------------------------------------------------
 
 def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
@@ -300,6 +379,7 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
                 counters.flush()
                 stats["polled"] += len(runs)
                 PollerLane.objects.filter(lane=lane).update(runs_polled=F("runs_polled") + len(runs))
+            stats["threads_discovered"] = stats.get("threads_discovered", 0) + discover_new_threads()
             stats["discovered"] += discover_due_threads()
             stats["cycles"] += 1
             if len(runs) < int(app_settings.CLAIM_BATCH):
@@ -366,6 +446,10 @@ def _sleep_until_next_due(deadline: float) -> None:
     next_due = Run.objects.filter(next_poll_at__isnull=False).aggregate(m=Min("next_poll_at"))["m"]
     next_thread = Thread.objects.filter(tracked=True).aggregate(m=Min("next_discovery_at"))["m"]
     candidates = [t for t in (next_due, next_thread) if t is not None]
+    if app_settings.connections_discovering_threads():
+        candidates.append(ConnectionState.objects.filter(
+            connection__in=app_settings.connections_discovering_threads()).aggregate(
+            m=Min("next_thread_discovery_at"))["m"] or now)
     wait = min([(t - now).total_seconds() for t in candidates], default=1.0)
     wait = max(0.05, min(wait, 0.5, deadline - time.monotonic()))
     if wait > 0:

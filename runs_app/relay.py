@@ -56,10 +56,12 @@ class Relay:
     """
 
     def __init__(self, stream: EventStream, *, connection: str, audit: ActionAudit | None = None,
-                 heartbeat: float = HEARTBEAT_SECONDS):
+                 heartbeat: float = HEARTBEAT_SECONDS, sync_messages: bool = False):
         self._stream = stream
         self._connection = connection
         self._audit = audit
+        # The create carried messages (the stream never shows a user's): list them once the run exists.
+        self._sync_messages = sync_messages
         self._heartbeat = heartbeat
         self._started = timezone.now()
         self._events: queue.Queue = queue.Queue(maxsize=1000)
@@ -203,6 +205,8 @@ class Relay:
             if self._audit is not None:
                 self._audit.action.target = row.remote_id
                 self._audit.succeeded({"stream": True, "run_id": row.remote_id}, run=row, thread=row.thread)
+            if self._sync_messages:
+                services.messages_sync_after_create(row.thread)
         if event.name == "thread.run.requires_action" or (
                 event.name.startswith("thread.run.") and isinstance(row, Run) and row.is_terminal):
             self._details_for = row  # fetched once the stream has ended (its last events are not held back)
@@ -278,7 +282,8 @@ def run_create_stream(*, thread: Thread, assistant_id: str, user=None, **fields)
     with audit:
         stream = get_client(thread.connection).create_run_stream(thread.remote_id, assistant_id=assistant_id,
                                                                  **fields)
-    return Relay(stream, connection=thread.connection, audit=audit)
+    return Relay(stream, connection=thread.connection, audit=audit,
+                 sync_messages=bool(fields.get("additional_messages")))
 
 
 def thread_and_run_create_stream(*, assistant_id: str, connection: str | None = None, thread: dict | None = None,
@@ -292,7 +297,7 @@ def thread_and_run_create_stream(*, assistant_id: str, connection: str | None = 
     with audit:
         stream = get_client(connection).create_thread_and_run_stream(assistant_id=assistant_id, thread=thread,
                                                                      **fields)
-    return Relay(stream, connection=connection, audit=audit)
+    return Relay(stream, connection=connection, audit=audit, sync_messages=bool((thread or {}).get("messages")))
 
 
 def run_submit_tool_outputs_stream(*, run: Run, tool_outputs: list[dict], user=None) -> Relay:

@@ -9,6 +9,7 @@ timeline. Remote errors propagate as the client's ``AssistantsError`` ladder, af
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -18,10 +19,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from runs_app import sync
-from runs_app.assistants import APIStatusError, AssistantsClient, AssistantsError
+from runs_app.assistants import APIStatusError, AssistantsClient, AssistantsError, BadRequest, NotFound
 from runs_app.conf import app_settings
-from runs_app.models import Message, OperatorAction, Run, RunEvent, RunStatus, Source, Thread
+from runs_app.models import UNLISTED_POSITION, Message, OperatorAction, Run, RunEvent, RunStatus, Source, Thread
 from runs_app.sync import Observation
+
+logger = logging.getLogger("runs_app.services")
 
 METADATA_MAX_KEYS = 16
 METADATA_MAX_KEY_LENGTH = 64
@@ -62,13 +65,141 @@ def validate_metadata(metadata: Any, *, field: str = "metadata") -> dict:
     return metadata
 
 
+#: The service's limit on a message's text (OpenAI: "string too long … maximum length 256000").
+MESSAGE_MAX_CHARACTERS = 256_000
+MESSAGE_FIELDS = ("role", "content", "attachments", "metadata")
+MESSAGE_ROLES = ("user", "assistant")
+CONTENT_PART_TYPES = ("text", "image_file", "image_url")
+IMAGE_DETAILS = ("auto", "low", "high")
+ATTACHMENT_TOOLS = ("code_interpreter", "file_search")
+
+
+def validate_message(body: Any, *, field: str = "") -> dict:
+    """A create-message body as the service validates it (also each of a thread's ``messages`` and a run's
+    ``additional_messages``, with ``field`` their path): role, content as a string or content parts, attachments,
+    metadata. Refuses what the service would refuse — and empty or whitespace-only text, which it would take and
+    the model would answer — with the exact field (``content[1].text``) named. Returns the body to send."""
+    prefix = f"{field}." if field else ""
+
+    def fail(name: str, message: str):
+        raise ValidationError({f"{prefix}{name}" if name else (field or "body"): [message]})
+
+    if not isinstance(body, dict):
+        fail("", "Give a message: an object with role and content.")
+    for key in body:
+        if key not in MESSAGE_FIELDS:
+            fail(str(key), f"Unknown field; a message has {', '.join(MESSAGE_FIELDS)}.")
+    role = body.get("role")
+    if role not in MESSAGE_ROLES:
+        fail("role", "Required: 'user' or 'assistant'." if role is None else "Must be 'user' or 'assistant'.")
+    if "content" not in body or body["content"] is None:
+        fail("content", "Required: the message's text, or a list of content parts.")
+    content = _validated_content(body.get("content"), fail)
+    out = {"role": role, "content": content}
+    attachments = body.get("attachments")
+    if attachments is not None:
+        out["attachments"] = _validated_attachments(attachments, fail)
+    if body.get("metadata") is not None:
+        out["metadata"] = validate_metadata(body["metadata"], field=f"{prefix}metadata")
+    return out
+
+
+def _validated_content(content: Any, fail) -> str | list:
+    if isinstance(content, str):
+        _check_text(sync.without_nul(content), "content", fail)
+        return sync.without_nul(content)
+    if not isinstance(content, list) or not content:
+        fail("content", "Give the message's text, or a non-empty list of content parts.")
+    parts, total = [], 0
+    for index, part in enumerate(content):
+        name = f"content[{index}]"
+        if not isinstance(part, dict):
+            fail(name, "Each content part must be an object with a type.")
+        kind = part.get("type")
+        if kind not in CONTENT_PART_TYPES:
+            fail(f"{name}.type", f"Unknown content part type {str(kind)[:40]!r}; use {', '.join(CONTENT_PART_TYPES)}.")
+        for key in part:
+            if key not in ("type", kind):
+                fail(f"{name}.{key}", f"Unknown field of a {kind} part.")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                fail(f"{name}.text", "Must be a string.")
+            text = sync.without_nul(text)
+            _check_text(text, f"{name}.text", fail)
+            total += len(text)
+            parts.append({"type": "text", "text": text})
+            continue
+        inner = part.get(kind)
+        key = "file_id" if kind == "image_file" else "url"
+        if not isinstance(inner, dict) or not isinstance(inner.get(key), str) or not inner[key].strip():
+            fail(f"{name}.{kind}.{key}", f"A {kind} part needs {kind}.{key}.")
+        if kind == "image_url" and not re.match(r"^(https?://|data:image/)", inner["url"]):
+            fail(f"{name}.image_url.url", "Give an http(s) URL or a data:image/… URL.")
+        if inner.get("detail") is not None and inner["detail"] not in IMAGE_DETAILS:
+            fail(f"{name}.{kind}.detail", f"Must be one of {', '.join(IMAGE_DETAILS)}.")
+        unknown = set(inner) - {key, "detail"}
+        if unknown:
+            fail(f"{name}.{kind}.{sorted(unknown)[0]}", f"Unknown field of {kind}.")
+        parts.append({"type": kind, kind: dict(inner)})
+    if total > MESSAGE_MAX_CHARACTERS:
+        fail("content", f"The text parts hold {total:,} characters together; the limit is "
+                        f"{MESSAGE_MAX_CHARACTERS:,}.")
+    return parts
+
+
+def _check_text(text: str, name: str, fail) -> None:
+    if not text.strip():
+        fail(name, "Write some text: it is empty or only whitespace.")
+    if len(text) > MESSAGE_MAX_CHARACTERS:
+        fail(name, f"{len(text):,} characters; the limit is {MESSAGE_MAX_CHARACTERS:,}.")
+
+
+def _validated_attachments(attachments: Any, fail) -> list:
+    if not isinstance(attachments, list):
+        fail("attachments", "Must be a list of {file_id, tools}.")
+    out = []
+    for index, item in enumerate(attachments):
+        name = f"attachments[{index}]"
+        if not isinstance(item, dict):
+            fail(name, "Must be an object with file_id and tools.")
+        unknown = set(item) - {"file_id", "tools"}
+        if unknown:
+            fail(f"{name}.{sorted(unknown)[0]}", "Unknown field of an attachment.")
+        if not isinstance(item.get("file_id"), str) or not item["file_id"].strip():
+            fail(f"{name}.file_id", "Give the attached file's id.")
+        tools = item.get("tools") or []
+        if not isinstance(tools, list):
+            fail(f"{name}.tools", "Must be a list of tools.")
+        for tool_index, tool in enumerate(tools):
+            if not isinstance(tool, dict) or tool.get("type") not in ATTACHMENT_TOOLS:
+                fail(f"{name}.tools[{tool_index}].type", f"Must be one of {', '.join(ATTACHMENT_TOOLS)}.")
+        out.append({"file_id": item["file_id"], "tools": [{"type": t["type"]} for t in tools]})
+    return out
+
+
+def validate_messages(messages: Any, *, field: str) -> list[dict] | None:
+    """A list of create-message bodies (a thread's ``messages``, a run's ``additional_messages``)."""
+    if messages is None:
+        return None
+    if not isinstance(messages, list):
+        raise ValidationError({field: ["Must be a list of messages."]})
+    return [validate_message(message, field=f"{field}[{index}]") for index, message in enumerate(messages)]
+
+
 def validate_run_request(assistant_id: str, fields: dict, *, thread: dict | None = None) -> None:
-    """What a create-run (or create-thread-and-run) request needs before it is sent; normalises metadata."""
+    """What a create-run (or create-thread-and-run) request needs before it is sent; normalises metadata and
+    messages."""
     if not assistant_id:
         raise ValidationError({"assistant_id": ["Choose an assistant."]})
     fields["metadata"] = validate_metadata(fields.get("metadata")) or None
-    if thread and "metadata" in thread:
-        validate_metadata(thread["metadata"], field="thread.metadata")
+    if fields.get("additional_messages") is not None:
+        fields["additional_messages"] = validate_messages(fields["additional_messages"], field="additional_messages")
+    if thread:
+        if "metadata" in thread:
+            validate_metadata(thread["metadata"], field="thread.metadata")
+        if thread.get("messages") is not None:
+            thread["messages"] = validate_messages(thread["messages"], field="thread.messages")
 
 
 def validate_tool_outputs(run: Run, tool_outputs: Any) -> list[dict]:
@@ -166,34 +297,95 @@ def thread_create(*, connection: str | None = None, messages: list | None = None
                   metadata: dict | None = None, user=None) -> Thread:
     connection = connection or app_settings.DEFAULT_CONNECTION
     metadata = validate_metadata(metadata)
+    messages = validate_messages(messages, field="messages")
     sent = {"messages": messages, "tool_resources": tool_resources, "metadata": metadata}
+    client = get_client(connection)
     with ActionAudit(action="create_thread", connection=connection, target="(new thread)", user=user,
                      sent=sent) as audit:
         started = timezone.now()
-        payload = get_client(connection).create_thread(messages=messages, tool_resources=tool_resources,
-                                                       metadata=metadata or None)
+        payload = client.create_thread(messages=messages, tool_resources=tool_resources, metadata=metadata or None)
         thread = sync.apply_thread(payload, connection=connection, seen=Observation.now(Source.ACTION, started)).row
         audit.action.target = thread.remote_id
         audit.succeeded(payload, thread=thread)
+    if messages:
+        messages_sync_after_create(thread, client)
     _wake_poller()  # discovery follows the new thread
     return thread
 
 
-def message_create(*, thread: Thread, content: str, user=None) -> Message:
-    """Add a user message to a thread (e.g. before starting a run on it from the live page)."""
-    content = sync.without_nul(content if isinstance(content, str) else "")
-    if not content.strip():
-        raise ValidationError({"content": ["Write a message."]})
-    if len(content) > 256_000:
-        raise ValidationError({"content": ["A message holds at most 256,000 characters."]})
+def message_create(*, thread: Thread, content: str | list, role: str = "user", attachments: list | None = None,
+                   metadata: dict | None = None, user=None) -> Message:
+    """Add a message to a thread: the protocol's create-message body, validated as the service would."""
+    body = validate_message({"role": role, "content": content, "attachments": attachments, "metadata": metadata})
     with ActionAudit(action="create_message", connection=thread.connection, target=thread.remote_id, user=user,
-                     thread=thread, sent={"role": "user", "content": content}) as audit:
+                     thread=thread, sent=body) as audit:
         started = timezone.now()
-        payload = get_client(thread.connection).create_message(thread.remote_id, content=content)
+        payload = get_client(thread.connection).create_message(thread.remote_id, **body)
         message = sync.apply_message(payload, connection=thread.connection,
                                      seen=Observation.now(Source.ACTION, started)).row
         audit.succeeded({"id": payload.get("id"), "object": payload.get("object")}, thread=thread)
     return message
+
+
+def thread_messages_sync(*, thread: Thread, client: AssistantsClient | None = None,
+                         source: str = Source.POLL) -> int:
+    """Fetch the thread's messages newer than its cursor, oldest first, and apply them: every message of the
+    thread, whoever wrote it (the prompt sent with the thread, messages added before a run or by another
+    application, the runs' answers). One request when nothing is new. Returns how many were listed.
+
+    The cursor then moves to the newest message that can no longer change — one not written by a run, or one
+    whose run has stopped (requires_action or terminal in the mirror) — so a message still being written is
+    listed again by the next sync, once its run stopped."""
+    client = client or get_client(thread.connection)
+    cursor = thread.messages_cursor
+    started = timezone.now()
+    try:
+        payloads = list(client.iter_messages(thread.remote_id, order="asc", after=cursor or None))
+    except (NotFound, BadRequest):
+        if not cursor:
+            raise
+        # The cursor's message is gone from the service (deleted): list the whole thread again.
+        logger.info("%s: message cursor %s is gone; listing the thread's messages from the start",
+                    thread.remote_id, cursor)
+        Thread.objects.filter(pk=thread.pk, messages_cursor=cursor).update(messages_cursor="")
+        thread.messages_cursor = ""
+        return thread_messages_sync(thread=thread, client=client, source=source)
+    seen = Observation.now(source, started)
+    base = _position_after(thread, cursor)
+    stopped = set(Run.objects.filter(
+        connection=thread.connection, remote_id__in={p.get("run_id") for p in payloads if p.get("run_id")},
+        status__in=DETAIL_STATUSES).values_list("remote_id", flat=True))
+    new_cursor, settled = cursor, True
+    for offset, payload in enumerate(payloads):
+        sync.apply_message(payload, connection=thread.connection, seen=seen, position=base + offset)
+        settled = settled and (payload.get("status") in sync.MESSAGE_TERMINAL or not payload.get("run_id")
+                               or payload["run_id"] in stopped)
+        if settled:
+            new_cursor = payload["id"]
+    # Compare-and-set: a concurrent sync that already moved the cursor wins.
+    Thread.objects.filter(pk=thread.pk, messages_cursor=cursor).update(messages_cursor=new_cursor,
+                                                                       messages_synced_at=seen.received)
+    thread.messages_cursor = new_cursor
+    return len(payloads)
+
+
+def _position_after(thread: Thread, cursor: str) -> int:
+    if not cursor:
+        return 0
+    position = Message.objects.filter(thread=thread, remote_id=cursor).values_list("position", flat=True).first()
+    if position is None or position >= UNLISTED_POSITION:
+        return Message.objects.filter(thread=thread).count()
+    return position + 1
+
+
+def messages_sync_after_create(thread: Thread, client: AssistantsClient | None = None) -> None:
+    """After a create that added messages (a thread's, a run's additional_messages): mirror them now, so the prompt
+    shows while the run goes on. Best effort: if it fails, the run's end brings them."""
+    try:
+        thread_messages_sync(thread=thread, client=client, source=Source.ACTION)
+    except AssistantsError as exc:
+        logger.warning("%s: the new messages could not be listed now (%s); the run's end brings them",
+                       thread.remote_id, exc)
 
 
 def thread_import(*, thread_id: str, connection: str | None = None, user=None) -> Thread:
@@ -211,23 +403,20 @@ def thread_import(*, thread_id: str, connection: str | None = None, user=None) -
 
 
 def thread_sync(*, connection: str, thread_id: str, source: str = Source.IMPORT) -> tuple[Thread, dict]:
+    """The thread, all its runs with their steps, and all its messages (every page)."""
     client = get_client(connection)
     started = timezone.now()
     payload = client.retrieve_thread(thread_id)
     thread = sync.apply_thread(payload, connection=connection, seen=Observation.now(source, started)).row
-    runs = 0
     started = timezone.now()
-    for run_payload in client.iter_runs(thread_id, order="asc"):
-        applied = sync.apply_run(run_payload, connection=connection, seen=Observation.now(source, started))
-        run_details_sync(run=applied.row, client=client, source=source)
-        runs += 1
-    messages = 0
-    started = timezone.now()
-    for message_payload in client.iter_messages(thread_id, order="asc"):
-        sync.apply_message(message_payload, connection=connection, seen=Observation.now(source, started))
-        messages += 1
+    runs = [sync.apply_run(run_payload, connection=connection, seen=Observation.now(source, started)).row
+            for run_payload in client.iter_runs(thread_id, order="asc")]
+    # The messages once for the whole thread, after the runs (whose statuses say which messages are final).
+    messages = thread_messages_sync(thread=thread, client=client, source=source)
+    for run in runs:
+        run_details_sync(run=run, client=client, source=source, messages=False)
     Thread.objects.filter(pk=thread.pk).update(tracked=True, next_discovery_at=timezone.now())
-    return thread, {"runs": runs, "messages": messages}
+    return thread, {"runs": len(runs), "messages": messages}
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -235,14 +424,18 @@ def thread_sync(*, connection: str, thread_id: str, source: str = Source.IMPORT)
 def run_create(*, thread: Thread, assistant_id: str, user=None, **fields) -> Run:
     validate_run_request(assistant_id, fields)
     sent = {"assistant_id": assistant_id, **{k: v for k, v in fields.items() if v is not None}}
+    client = get_client(thread.connection)
     with ActionAudit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
-                thread=thread, sent=sent) as audit:
+                     thread=thread, sent=sent) as audit:
         started = timezone.now()
-        payload = get_client(thread.connection).create_run(thread.remote_id, assistant_id=assistant_id, **fields)
+        # A new user message goes inside the create (additional_messages): a refused run leaves nothing behind.
+        payload = client.create_run(thread.remote_id, assistant_id=assistant_id, **fields)
         run = sync.apply_run(payload, connection=thread.connection, seen=Observation.now(Source.ACTION, started),
                              user=real_user(user)).row
         audit.action.target = run.remote_id
         audit.succeeded(payload, run=run, thread=thread)
+    if fields.get("additional_messages"):
+        messages_sync_after_create(run.thread, client)
     _wake_poller()
     return run
 
@@ -252,14 +445,17 @@ def thread_and_run_create(*, assistant_id: str, connection: str | None = None, t
     connection = connection or app_settings.DEFAULT_CONNECTION
     validate_run_request(assistant_id, fields, thread=thread)
     sent = {"assistant_id": assistant_id, "thread": thread, **{k: v for k, v in fields.items() if v is not None}}
+    client = get_client(connection)
     with ActionAudit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
-                sent=sent) as audit:
+                     sent=sent) as audit:
         started = timezone.now()
-        payload = get_client(connection).create_thread_and_run(assistant_id=assistant_id, thread=thread, **fields)
+        payload = client.create_thread_and_run(assistant_id=assistant_id, thread=thread, **fields)
         seen = Observation.now(Source.ACTION, started)
         run = sync.apply_run(payload, connection=connection, seen=seen, user=real_user(user)).row
         audit.action.target = run.remote_id
         audit.succeeded(payload, run=run, thread=run.thread)
+    if (thread or {}).get("messages"):
+        messages_sync_after_create(run.thread, client)
     _wake_poller()
     return run
 
@@ -346,19 +542,19 @@ def details_owed(run: Run) -> bool:
     return run.status in DETAIL_STATUSES and details_marker(run) != run.steps_synced_for
 
 
-def run_details_sync(*, run: Run, client: AssistantsClient | None = None, source: str = Source.POLL) -> None:
-    """Fetch the run's steps and messages (every page). If that fails, the run is left due for a poll, even when
-    it is terminal: the poller fetches them again (a terminal run is polled only while it is owed them)."""
+def run_details_sync(*, run: Run, client: AssistantsClient | None = None, source: str = Source.POLL,
+                     messages: bool = True) -> None:
+    """Fetch the run's steps (every page) and the thread's new messages (``thread_messages_sync``: the run's own,
+    and whatever else was added to the thread). If that fails, the run is left due for a poll, even when it is
+    terminal: the poller fetches them again (a terminal run is polled only while it is owed them)."""
     client = client or get_client(run.connection)
-    thread_id = run.thread.remote_id
     marker = details_marker(run)
     try:
         started = timezone.now()
-        for step in client.iter_run_steps(thread_id, run.remote_id, order="asc"):
+        for step in client.iter_run_steps(run.thread.remote_id, run.remote_id, order="asc"):
             sync.apply_step(step, connection=run.connection, seen=Observation.now(source, started))
-        started = timezone.now()
-        for message in client.iter_messages(thread_id, run_id=run.remote_id, order="asc"):
-            sync.apply_message(message, connection=run.connection, seen=Observation.now(source, started))
+        if messages:
+            thread_messages_sync(thread=run.thread, client=client, source=source)
     except AssistantsError:
         retry_at = timezone.now() + dt.timedelta(seconds=float(app_settings.POLL_FAST))
         Run.objects.filter(pk=run.pk, next_poll_at__isnull=True).update(next_poll_at=retry_at)

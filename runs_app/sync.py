@@ -314,17 +314,26 @@ def _mark_answered(run: Run, ids: set[str]) -> None:
 MESSAGE_TERMINAL = frozenset({MessageStatus.COMPLETED, MessageStatus.INCOMPLETE})
 
 
-def apply_message(payload: dict, *, connection: str, seen: Observation) -> Applied:
+def apply_message(payload: dict, *, connection: str, seen: Observation, position: int | None = None) -> Applied:
+    """Apply a message object; ``position`` is its place in the thread when it comes from a listing of the
+    thread (it orders messages of the same second), kept whether or not the payload is newer."""
     payload = without_nul(payload)
     with transaction.atomic():
         thread = thread_stub(connection, payload["thread_id"])
         message, created = _locked_get_or_create(
             Message, connection, payload["id"],
-            defaults={"thread": thread, "role": payload.get("role") or "", "created_at": ts(payload.get("created_at"))},
+            defaults={"thread": thread, "role": payload.get("role") or "", "created_at": ts(payload.get("created_at")),
+                      **({"position": position} if position is not None else {})},
         )
+        if position is not None and message.position != position:
+            message.position = position
+            Message.objects.filter(pk=message.pk).update(position=position)
         old_status = None if created else message.status
-        # REST messages may omit status (older api-versions): treat as completed.
-        new_status = payload.get("status") or old_status or MessageStatus.COMPLETED
+        run = None
+        if payload.get("run_id"):
+            run = message.run if message.run_id else Run.objects.filter(connection=connection,
+                                                                       remote_id=payload["run_id"]).first()
+        new_status = payload.get("status") or _implied_message_status(run, old_status)
         if not created and not _simple_is_newer(old_status or MessageStatus.IN_PROGRESS, new_status,
                                                 MESSAGE_TERMINAL, message, seen):
             return Applied(message, False, False, old_status)
@@ -342,11 +351,23 @@ def apply_message(payload: dict, *, connection: str, seen: Observation) -> Appli
         message.completed_at = ts(payload.get("completed_at"))
         message.incomplete_at = ts(payload.get("incomplete_at"))
         message.run_remote_id = payload.get("run_id") or ""
-        if message.run_remote_id and message.run_id is None:
-            message.run = Run.objects.filter(connection=connection, remote_id=message.run_remote_id).first()
+        if run is not None and message.run_id is None:
+            message.run = run
         message.observed_from, message.observed_to, message.synced_at = seen.sent, seen.received, seen.received
         message.save()
     return Applied(message, created, True, old_status)
+
+
+def _implied_message_status(run: Run | None, old_status: str | None) -> str:
+    """REST messages of Azure and Foundry carry no status: a message of a run still going is being written; any
+    other is final (what the mirror knew stays, if final)."""
+    if run is not None and run.status in WRITING_RUN_STATUSES:
+        return MessageStatus.IN_PROGRESS
+    return old_status if old_status in MESSAGE_TERMINAL else MessageStatus.COMPLETED
+
+
+#: While its run is in one of these, a message of the run may still grow.
+WRITING_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.IN_PROGRESS, RunStatus.CANCELLING})
 
 
 def apply_message_delta(payload: dict, *, connection: str, seen: Observation) -> Message | None:

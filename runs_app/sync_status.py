@@ -1,8 +1,8 @@
 """What the sync engine is doing right now, read from the mirror (``manage.py runs_sync_status``).
 
 Read-only: active runs by connection and status, how many are due or claimed, how far behind the
-mirror is (now − ``synced_at`` over active runs), each connection's request counters and pause, each
-poll lane's heartbeat, and the stuck/expiring flags.
+mirror is (now − ``synced_at`` over active runs), each connection's request counters and pause, what its
+thread discovery costs and found, each poll lane's heartbeat, and the stuck/expiring flags.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def sync_status(*, now: dt.datetime | None = None) -> dict:
                   active.filter(synced_at__isnull=False).values_list("synced_at", flat=True))
     # A lane whose heartbeat is older than this is dead, and started again (poller.lane_stale_before).
     stale_after = float(app_settings.LANE_STALE_AFTER)
+    discovering = set(app_settings.connections_discovering_threads())
     return {
         "now": now.isoformat(),
         "active_runs": {
@@ -54,6 +55,10 @@ def sync_status(*, now: dt.datetime | None = None) -> dict:
                 "last_success_at": _iso(state.last_success_at),
                 "last_error_at": _iso(state.last_error_at),
                 "last_error": state.last_error,
+                "discover_threads": state.connection in discovering,
+                "discovery_requests": state.discovery_requests,
+                "threads_discovered": state.threads_discovered,
+                "next_thread_discovery_at": _iso(state.next_thread_discovery_at),
             }
             for state in ConnectionState.objects.order_by("connection")
         ],

@@ -452,7 +452,7 @@ def test_service_rate_limit_is_429_with_retry_after(mirror_settings, settings, e
 
 def test_schema_swagger_and_redoc_are_served_to_staff(api):
     schema = api.get("/api/schema/?format=json").json()
-    assert schema["openapi"].startswith("3.") and len(schema["paths"]) == 14
+    assert schema["openapi"].startswith("3.") and len(schema["paths"]) == 15
     assert "text/event-stream" in schema["paths"]["/api/threads/runs/"]["post"]["responses"]["200"]["content"]
     assert api.get("/api/docs/").status_code == 200 and api.get("/api/redoc/").status_code == 200
     assert APIClient().get("/api/schema/").status_code == 401

@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = (
     "DATABASE_URL", "REDIS_URL", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_API_VERSION",
-    "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS", "EMULATOR_URL", "EMULATOR_API_KEY",
+    "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS", "EMULATOR_URL", "EMULATOR_API_KEY", "RUNS_APP_KIND",
+    "AZURE_OPENAI_AUTH", "RUNS_APP_DISCOVER_THREADS",
 )
 PRODUCTION = {
     "DJANGO_DEBUG": "0",
@@ -54,7 +55,66 @@ def test_local_defaults_are_sqlite_orm_broker_and_the_emulator():
     assert s["db"].endswith("db.sqlite3")
     assert s["q"]["orm"] == "default" and "redis" not in s["q"]
     assert s["conn"]["ENDPOINT"] == "http://127.0.0.1:8089"
-    assert s["conn"]["API_VERSION"] == "2024-08-01-preview"
+    assert s["conn"]["API_VERSION"] is None  # the kind's own default (runs_app.conf.DEFAULT_API_VERSIONS)
+
+
+class CapturingService:
+    """A loopback HTTP server that records each request line and answers an empty protocol list."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        requests = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                requests.append({"path": self.path, "authorization": bool(self.headers.get("Authorization")),
+                                 "api_key": bool(self.headers.get("api-key"))})
+                body = b'{"object":"list","data":[],"first_id":null,"last_id":null,"has_more":false}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("kind", "version", "path"), [
+    ("foundry_agents", "2025-05-01", "/api/projects/demo/assistants"),
+    ("azure_openai", "2024-08-01-preview", "/openai/assistants"),
+])
+def test_demo_site_sends_each_kinds_own_api_version_when_none_is_configured(kind, version, path):
+    service = CapturingService()
+    try:
+        code = ("import django; django.setup(); from runs_app.assistants import AssistantsClient; "
+                "AssistantsClient().list_assistants(limit=1)")
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                env=clean_env(DJANGO_DEBUG="1", RUNS_APP_KIND=kind, EMULATOR_URL=service.url,
+                                              EMULATOR_API_KEY="local-key-cnry7-for-tests"))
+    finally:
+        service.close()
+    assert result.returncode == 0, result.stderr
+    [request] = service.requests
+    assert request["path"] == f"{path}?api-version={version}&limit=1"
+    # Foundry takes a bearer token only (the emulator's key stands in for Entra ID on loopback).
+    assert request["authorization"] != request["api_key"] and request["authorization"] == (kind == "foundry_agents")
+
+
+def test_demo_site_on_foundry_passes_its_system_checks():
+    result = manage("check", DJANGO_DEBUG="1", RUNS_APP_KIND="foundry_agents")
+    assert result.returncode == 0, result.stderr
+    assert "runs_app.E008" not in result.stderr + result.stdout
 
 
 def test_database_and_redis_urls():

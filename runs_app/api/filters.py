@@ -1,5 +1,5 @@
-"""Filters of ``GET /runs/``: status, connection, assistant_id, thread_id, model, created_before/after,
-``metadata[key]=value``, needs_action, stuck."""
+"""Filters of ``GET /runs/`` (status, connection, assistant_id, thread_id, model, created_before/after,
+``metadata[key]=value``, needs_action, stuck) and of a thread's messages (run_id, role)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.db.models.functions import Cast
 from drf_spectacular.utils import extend_schema_field
 from rest_framework.exceptions import ValidationError
 
-from runs_app.models import Run, RunStatus
+from runs_app.models import Message, Run, RunStatus
 
 METADATA_PARAM_PREFIX = "metadata["
 
@@ -94,3 +94,12 @@ def filter_by_metadata(queryset, query):
         text = Cast(KeyTextTransform(key, "metadata"), TextField())
         queryset = queryset.alias(**{alias: text}).filter(**{alias: value})
     return queryset
+
+
+class MessageFilter(django_filters.FilterSet):
+    run_id = django_filters.CharFilter(field_name="run_remote_id", help_text="Only the messages this run wrote.")
+    role = django_filters.ChoiceFilter(choices=[("user", "user"), ("assistant", "assistant")])
+
+    class Meta:
+        model = Message
+        fields = []

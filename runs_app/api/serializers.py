@@ -241,10 +241,27 @@ def _metadata_field(*, required=False, **kwargs):
         help_text="Up to 16 string keys (64 characters) with string values (512 characters).")
 
 
-class MessageCreateRequestSerializer(serializers.Serializer):
+class NoUnknownFieldsMixin:
+    """Refuse a field the protocol does not have, naming it, as the service does (DRF would drop it silently)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in data if key not in self.fields)
+            if unknown:
+                raise serializers.ValidationError({unknown[0]: [
+                    f"Unknown field; expected {', '.join(self.fields)}."]}, code="unknown_field")
+        return super().to_internal_value(data)
+
+
+class MessageCreateRequestSerializer(NoUnknownFieldsMixin, serializers.Serializer):
     role = serializers.ChoiceField(choices=["user", "assistant"])
-    content = serializers.JSONField(help_text="A string, or a list of content parts.")
-    attachments = serializers.ListField(child=serializers.DictField(), required=False, allow_null=True)
+    content = serializers.JSONField(help_text=(
+        "A string, or a list of content parts: {\"type\": \"text\", \"text\": \"…\"}, "
+        "{\"type\": \"image_file\", \"image_file\": {\"file_id\": \"…\"}}, "
+        "{\"type\": \"image_url\", \"image_url\": {\"url\": \"https://…\"}}. Text may not be empty or "
+        "only whitespace; at most 256,000 characters."))
+    attachments = serializers.ListField(child=serializers.DictField(), required=False, allow_null=True,
+                                        help_text='[{"file_id": "…", "tools": [{"type": "file_search"}]}]')
     metadata = _metadata_field(allow_null=True)
 
 

@@ -18,11 +18,11 @@ from rest_framework.response import Response
 from runs_app import relay, services
 from runs_app.api import serializers as api
 from runs_app.api.exceptions import RunStateConflict, api_exception_handler
-from runs_app.api.filters import RunFilter
+from runs_app.api.filters import MessageFilter, RunFilter
 from runs_app.api.pagination import ProtocolCursorPagination
 from runs_app.api.permissions import api_permission_classes
 from runs_app.conf import app_settings
-from runs_app.models import Run, RunEvent, RunStatus, RunStep, Thread
+from runs_app.models import Message, Run, RunEvent, RunStatus, RunStep, Thread
 
 # --- schema pieces --------------------------------------------------------------------------------------
 
@@ -30,6 +30,10 @@ THREAD_ID = OpenApiParameter("thread_id", OpenApiTypes.STR, OpenApiParameter.PAT
                              description="The service's thread id (thread_…).")
 RUN_ID = OpenApiParameter("run_id", OpenApiTypes.STR, OpenApiParameter.PATH,
                           description="The service's run id (run_…).")
+MESSAGE_ID = OpenApiParameter("message_id", OpenApiTypes.STR, OpenApiParameter.PATH,
+                               description="The service's message id (msg_…).")
+ORDER = OpenApiParameter("order", OpenApiTypes.STR, OpenApiParameter.QUERY, enum=["asc", "desc"], default="asc",
+                         description="asc: oldest first (the thread's order); desc: newest first.")
 STEP_ID = OpenApiParameter("step_id", OpenApiTypes.STR, OpenApiParameter.PATH,
                            description="The service's run step id (step_…).")
 CONNECTION = OpenApiParameter("connection", OpenApiTypes.STR, OpenApiParameter.QUERY,
@@ -168,17 +172,47 @@ class ThreadDetailView(RunsAPIView):
         return Response(api.ThreadSerializer(get_thread(thread_id)).data)
 
 
-class ThreadMessageListView(generics.ListAPIView, RunsAPIView):
+class ThreadMessageListCreateView(mixins.ListModelMixin, RunsAPIView):
     serializer_class = api.MessageSerializer
-    ordering = "created_at"
+    filterset_class = MessageFilter
+    filter_backends = [DjangoFilterBackend]
+    ordering = Message.THREAD_ORDER
+    required_permissions = {"POST": ["runs_app.add_message"]}
 
     def get_queryset(self) -> QuerySet:
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the filters' model
+            return Message.objects.none()
         return get_thread(self.kwargs["thread_id"]).messages.select_related("thread")
 
-    @extend_schema(summary="A thread's messages in the mirror, oldest first", parameters=[THREAD_ID],
-                   responses={200: api.MessageSerializer(many=True), **READ_ERRORS})
+    @extend_schema(summary="A thread's messages in the mirror: every message of the thread, in its order",
+                   parameters=[THREAD_ID, ORDER], responses={200: api.MessageSerializer(many=True), **READ_ERRORS})
     def get(self, request, thread_id):
+        order = request.query_params.get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise ValidationError({"order": ["Must be 'asc' or 'desc'."]})
+        self.ordering = Message.THREAD_ORDER if order == "asc" else tuple(f"-{f}" for f in Message.THREAD_ORDER)
         return self.list(request)
+
+    @extend_schema(summary="Add a message to the thread on the service", parameters=[THREAD_ID],
+                   request=api.MessageCreateRequestSerializer,
+                   responses={201: api.MessageSerializer, **WRITE_ERRORS})
+    def post(self, request, thread_id):
+        thread = get_thread(thread_id)
+        body = validated(api.MessageCreateRequestSerializer, request)
+        message = services.message_create(thread=thread, user=request.user, **body)
+        return Response(api.MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+
+
+class ThreadMessageDetailView(RunsAPIView):
+    serializer_class = api.MessageSerializer
+
+    @extend_schema(summary="A message", parameters=[THREAD_ID, MESSAGE_ID],
+                   responses={200: api.MessageSerializer, **READ_ERRORS})
+    def get(self, request, thread_id, message_id):
+        message = get_thread(thread_id).messages.select_related("thread").filter(remote_id=message_id).first()
+        if message is None:
+            raise NotFound(f"Message {message_id} of thread {thread_id} is not in the mirror.")
+        return Response(api.MessageSerializer(message).data)
 
 
 # --- runs -----------------------------------------------------------------------------------------------

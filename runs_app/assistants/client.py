@@ -114,6 +114,10 @@ class AssistantsClient:
         body = _drop_none({"messages": messages, "tool_resources": tool_resources, "metadata": metadata})
         return self._request("POST", "/threads", json=body, idempotent=True)
 
+    def list_threads(self, **params) -> dict:
+        """``GET /threads``: documented by Foundry classic agents, answered undocumented by Azure OpenAI."""
+        return self._request("GET", "/threads", params=_list_params(params))
+
     def retrieve_thread(self, thread_id: str) -> dict:
         return self._request("GET", f"/threads/{_id(thread_id)}")
 

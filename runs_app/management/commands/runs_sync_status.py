@@ -30,6 +30,10 @@ class Command(BaseCommand):
                                     "last error"),
                     [(c["connection"], str(c["requests"]), str(c["rate_limited"]), c["paused_until"] or "-",
                       c["last_success_at"] or "-", (c["last_error"] or "-")[:60]) for c in status["connections"]])
+        self._table("Thread discovery", ("connection", "on", "requests", "threads found", "next listing"),
+                    [(c["connection"], "yes" if c["discover_threads"] else "no", str(c["discovery_requests"]),
+                      str(c["threads_discovered"]), c["next_thread_discovery_at"] or "-")
+                     for c in status["connections"]])
         self._table("Poll lanes", ("lane", "alive", "heartbeat age", "cycles", "runs polled"),
                     [(str(lane["lane"]), "yes" if lane["alive"] else "no", _seconds(lane["heartbeat_age"]),
                       str(lane["cycles"]), str(lane["runs_polled"])) for lane in status["lanes"]])

@@ -381,7 +381,7 @@
       el.steps.textContent = "";
       run = null;
       relay(el.startForm.action, { method: "POST", body: form }, el.startError, function (response) {
-        var mine = messageItem(response.headers.get("X-Runs-App-Message"), "user");
+        var mine = messageItem(null, "user");
         mine.querySelector(".text").textContent = text;
         el.startForm.querySelector("[name=content]").value = "";
       }).then(function () {
