@@ -328,14 +328,18 @@ def message_create(*, thread: Thread, content: str | list, role: str = "user", a
 
 
 def thread_messages_sync(*, thread: Thread, client: AssistantsClient | None = None,
-                         source: str = Source.POLL) -> int:
+                         source: str = Source.POLL, expect: frozenset[str] = frozenset()) -> int:
     """Fetch the thread's messages newer than its cursor, oldest first, and apply them: every message of the
     thread, whoever wrote it (the prompt sent with the thread, messages added before a run or by another
     application, the runs' answers). One request when nothing is new. Returns how many were listed.
 
     The cursor then moves to the newest message that can no longer change — one not written by a run, or one
     whose run has stopped (requires_action or terminal in the mirror) — so a message still being written is
-    listed again by the next sync, once its run stopped."""
+    listed again by the next sync, once its run stopped.
+
+    ``expect``: ids of messages known to exist (a run's message_creation steps name them). One missing after a
+    listing from the cursor means the cursor's message was deleted on the service — which may answer an empty
+    page rather than an error —, so the whole thread is listed again."""
     client = client or get_client(thread.connection)
     cursor = thread.messages_cursor
     started = timezone.now()
@@ -344,12 +348,10 @@ def thread_messages_sync(*, thread: Thread, client: AssistantsClient | None = No
     except (NotFound, BadRequest):
         if not cursor:
             raise
-        # The cursor's message is gone from the service (deleted): list the whole thread again.
-        logger.info("%s: message cursor %s is gone; listing the thread's messages from the start",
-                    thread.remote_id, cursor)
-        Thread.objects.filter(pk=thread.pk, messages_cursor=cursor).update(messages_cursor="")
-        thread.messages_cursor = ""
-        return thread_messages_sync(thread=thread, client=client, source=source)
+        return _thread_messages_sync_again(thread, client, source, cursor)
+    if cursor and expect and not expect <= {p.get("id") for p in payloads} | set(
+            Message.objects.filter(thread=thread, remote_id__in=expect).values_list("remote_id", flat=True)):
+        return _thread_messages_sync_again(thread, client, source, cursor)
     seen = Observation.now(source, started)
     base = _position_after(thread, cursor)
     stopped = set(Run.objects.filter(
@@ -367,6 +369,14 @@ def thread_messages_sync(*, thread: Thread, client: AssistantsClient | None = No
                                                                        messages_synced_at=seen.received)
     thread.messages_cursor = new_cursor
     return len(payloads)
+
+
+def _thread_messages_sync_again(thread: Thread, client: AssistantsClient, source: str, cursor: str) -> int:
+    logger.info("%s: message cursor %s is gone from the service; listing the thread's messages from the start",
+                thread.remote_id, cursor)
+    Thread.objects.filter(pk=thread.pk, messages_cursor=cursor).update(messages_cursor="")
+    thread.messages_cursor = ""
+    return thread_messages_sync(thread=thread, client=client, source=source)
 
 
 def _position_after(thread: Thread, cursor: str) -> int:
@@ -551,10 +561,13 @@ def run_details_sync(*, run: Run, client: AssistantsClient | None = None, source
     marker = details_marker(run)
     try:
         started = timezone.now()
+        written = set()
         for step in client.iter_run_steps(run.thread.remote_id, run.remote_id, order="asc"):
             sync.apply_step(step, connection=run.connection, seen=Observation.now(source, started))
+            written.add(((step.get("step_details") or {}).get("message_creation") or {}).get("message_id"))
         if messages:
-            thread_messages_sync(thread=run.thread, client=client, source=source)
+            thread_messages_sync(thread=run.thread, client=client, source=source,
+                                 expect=frozenset(written - {None}))
     except AssistantsError:
         retry_at = timezone.now() + dt.timedelta(seconds=float(app_settings.POLL_FAST))
         Run.objects.filter(pk=run.pk, next_poll_at__isnull=True).update(next_poll_at=retry_at)

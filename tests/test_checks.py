@@ -116,3 +116,39 @@ def test_deploy_warns_about_plain_http_to_another_host():
 def test_deploy_accepts_loopback_http():
     conn = {**GOOD, "ENDPOINT": "http://127.0.0.1:8089"}
     assert run_checks({"CONNECTIONS": {"default": conn}}, include_deployment_checks=True) == []
+
+
+FOUNDRY = {"KIND": "foundry_agents", "ENDPOINT": "https://r.services.ai.azure.com/api/projects/p", "AUTH": "entra"}
+
+
+@pytest.mark.parametrize(("conn", "version"), [
+    (GOOD, "2025-05-01"),                 # Foundry's, on Azure OpenAI
+    (FOUNDRY, "2024-08-01-preview"),      # Azure OpenAI's, on Foundry (Foundry does not serve it)
+    ({**GOOD, "KIND": "openai", "ENDPOINT": "https://api.openai.com"}, "2025-05-01"),
+])
+def test_an_api_version_the_kind_is_not_known_to_serve_is_a_warning(conn, version):
+    message = only(run_checks({"CONNECTIONS": {"default": {**conn, "API_VERSION": version}}}))
+    assert message.id == "runs_app.W003" and message.level == checks.WARNING
+    assert "RUNS_APP['CONNECTIONS']['default']['API_VERSION']" in message.msg
+
+
+@pytest.mark.parametrize("version", ["2025-05-01", "2025-05-15-preview", "v1"])
+def test_foundrys_known_api_versions_pass(version):
+    assert run_checks({"CONNECTIONS": {"default": {**FOUNDRY, "API_VERSION": version}}}) == []
+
+
+def test_foundry_with_a_key_is_an_error_except_on_the_loopback_emulator():
+    keyed = {**FOUNDRY, "AUTH": "api_key", "API_KEY": "k"}
+    assert only(run_checks({"CONNECTIONS": {"default": keyed}})).id == "runs_app.E008"
+    local = {**keyed, "ENDPOINT": "http://127.0.0.1:8089/api/projects/demo"}
+    assert run_checks({"CONNECTIONS": {"default": local}}) == []
+
+
+@pytest.mark.parametrize("conn", [
+    {**FOUNDRY, "DISCOVER_THREADS": "yes"},
+    {**FOUNDRY, "DISCOVER_THREADS_SINCE": 0},
+    {**GOOD, "KIND": "openai", "ENDPOINT": "https://api.openai.com", "DISCOVER_THREADS": True},
+])
+def test_thread_discovery_settings_are_checked(conn):
+    message = only(run_checks({"CONNECTIONS": {"default": conn}}))
+    assert message.id == "runs_app.E013" and "DISCOVER_THREADS" in message.msg
