@@ -436,8 +436,10 @@ def run_create(store: Store, flavor: Flavor, tid: str, body, query: dict):
     thread = store.get_thread(tid)
     include = _include(query)
     body = _body(body)
-    V.check_unknown(body, RUN_FIELDS)
+    # Foundry's create-run also takes tool_resources (every Foundry SDK sends it when given); OpenAI's does not.
+    V.check_unknown(body, RUN_FIELDS + ("tool_resources",) if flavor.foundry else RUN_FIELDS)
     vals = _raw_run_values(body, flavor)
+    run_resources = _tool_resources(store, body.get("tool_resources"), []) if flavor.foundry else None
     extra = body.get("additional_messages")
     if extra is not None and not isinstance(extra, list):
         raise V.invalid_type("additional_messages", "an array", extra)
@@ -450,7 +452,8 @@ def run_create(store: Store, flavor: Flavor, tid: str, body, query: dict):
     for m in extra_msgs:
         store.add_message(tid, m)
     run = store.create_run(thread, assistant, params, include_content=include,
-                           flavor_tool_resources=_run_resources(flavor, vals["stream"]),
+                           flavor_tool_resources=run_resources if run_resources is not None
+                           else _run_resources(flavor, vals["stream"]),
                            action_expiry_factor=flavor.action_expiry_factor)
     return _run_reply(store, run, store.rt[run["id"]], bool(vals["stream"]), include)
 

@@ -335,3 +335,23 @@ def test_foundry_objects_need_no_beta_header_and_name_the_assistant(foundry, emu
     stamped = [d for _, d in events if isinstance(d, dict) and "assistant_id" in d]
     assert collapse_deltas(event_names(events))[-2:] == ["thread.run.completed", "done"]
     assert len(stamped) >= 8 and all(d["assistant_id"] == asst["id"] for d in stamped)
+
+
+def test_foundry_create_run_takes_tool_resources_and_openai_does_not(emulator):
+    resources = {"code_interpreter": {"file_ids": ["assistant-abc"]}}
+    foundry = Wire(emulator.url, "foundry", emulator.api_key)
+    asst = foundry.assistant(tools=[{"type": "code_interpreter"}])
+    thread = foundry.thread("hello")
+    run = foundry.run(thread["id"], asst["id"], tool_resources=resources)
+    assert run["tool_resources"] == resources
+    events = foundry.stream(f"/threads/{foundry.thread('hi')['id']}/runs",
+                            {"assistant_id": asst["id"], "tool_resources": resources})
+    assert events[0][1]["tool_resources"] == resources
+
+    for surface in ("azure", "openai"):
+        wire = Wire(emulator.url, surface, emulator.api_key)
+        asst = wire.assistant()
+        thread = wire.thread("hello")
+        body = wire.post(f"/threads/{thread['id']}/runs", {"assistant_id": asst["id"], "tool_resources": resources},
+                         expect=400)
+        assert body["error"]["message"] == "Unrecognized request argument supplied: tool_resources"
