@@ -191,6 +191,9 @@ def apply_run(payload: dict, *, connection: str, seen: Observation, user=None) -
             run.stuck_since = None
             if new_status != RunStatus.REQUIRES_ACTION:
                 run.expiring_flagged_at = None
+        if run.expiring_flagged_at and run.expires_at and run.expires_at > seen.received + dt.timedelta(
+                seconds=float(app_settings.EXPIRING_WITHIN)):
+            run.expiring_flagged_at = None  # Foundry moves expires_at (far later while requires_action)
         if new_status in TERMINAL_RUN_STATUSES:
             run.next_poll_at = None
         elif created or run.next_poll_at is None:

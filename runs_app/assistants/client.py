@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import requests
 import urllib3
+from django.core.signals import setting_changed
 
 import runs_app
 from runs_app.assistants import errors
@@ -65,6 +66,30 @@ def _session_for(connection: str, endpoint: str) -> requests.Session:
     return session
 
 
+_entra_lock = threading.Lock()
+_entra_auths: dict[tuple[str, str, str], EntraAuth] = {}
+
+
+def shared_entra_auth(connection: str, endpoint: str, scope: str) -> EntraAuth:
+    """One credential and cached token per connection and process: a client is made for every poll, and a new
+    DefaultAzureCredential would ask the identity endpoint (IMDS, App Service…) for a token each time."""
+    key = (connection, endpoint, scope)
+    with _entra_lock:
+        auth = _entra_auths.get(key)
+        if auth is None:
+            auth = _entra_auths[key] = EntraAuth(scope)
+        return auth
+
+
+def forget_shared_credentials(**_signal_kwargs) -> None:
+    """Drop the shared credentials (connected to ``setting_changed``: a connection may have changed)."""
+    with _entra_lock:
+        _entra_auths.clear()
+
+
+setting_changed.connect(forget_shared_credentials)
+
+
 class _Uncertain(Exception):
     """Internal: the request may have taken effect; carries the error to raise if it cannot be settled."""
 
@@ -92,7 +117,11 @@ class AssistantsClient:
         self._base = _base_url(self.kind, self.endpoint)
         self._params = {"api-version": self.api_version} if self.kind != KIND_OPENAI and self.api_version else {}
         if conf.get("AUTH") == AUTH_ENTRA:
-            self._auth = EntraAuth(conf.get("ENTRA_SCOPE") or "", credential=credential, clock=clock)
+            scope = conf.get("ENTRA_SCOPE") or ""
+            if credential is None and clock is time.time:
+                self._auth = shared_entra_auth(self.connection, self.endpoint, scope)
+            else:
+                self._auth = EntraAuth(scope, credential=credential, clock=clock)
         else:
             header = "api-key" if self.kind == KIND_AZURE_OPENAI else "authorization"
             self._auth = ApiKeyAuth(conf.get("API_KEY") or "", header=header)
