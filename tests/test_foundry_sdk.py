@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
+import requests
 from azure.ai.agents import AgentsClient
 from azure.ai.agents.models import (
     AgentEventHandler,
@@ -28,12 +30,13 @@ from azure.ai.agents.models import (
     ToolOutput,
     ToolResources,
 )
+from azure.core.exceptions import ClientAuthenticationError
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.core.rest import HttpRequest
 from azure.identity import ManagedIdentityCredential
 
 from tests.emulator.wire import await_status
-from tests.identity import managed_identity  # noqa: F401 - the fixture
+from tests.identity import managed_identity, serve_managed_identity  # noqa: F401 - the fixture
 
 FOUNDRY_RESOURCE = "https://ai.azure.com"
 API_VERSIONS = ("2025-05-01", "2025-05-15-preview", "v1")
@@ -391,7 +394,7 @@ def test_gateway_429_is_retried_by_the_sdk(client, emulator, wiretap):
     assert thread.id in emulator.state.threads and len(emulator.state.threads) == 1, "the 429'd POST did not happen"
     attempts = [status for url, status in wiretap.paths("POST", "/threads?")]
     assert attempts == [429, 200]
-    assert emulator.faults()["429"] == 1.0 and emulator._server.faults.injected == {"429": 1}
+    assert requests.get(f"{emulator.url}/_emulator/faults", timeout=10).json()["injected"] == {"429": 1}
 
 
 # ------------------------------------------------------------------------------------------ api versions
@@ -408,12 +411,31 @@ def test_each_api_version_runs_a_small_cycle(emulator, managed_identity, wiretap
     assert managed_identity.requests == [FOUNDRY_RESOURCE]
 
 
+def test_the_token_endpoint_refuses_strangers(managed_identity, monkeypatch):  # noqa: F811
+    query = {"api-version": "2019-08-01", "resource": FOUNDRY_RESOURCE}
+    header = {"X-IDENTITY-HEADER": managed_identity.secret}
+    assert requests.get(managed_identity.endpoint, params=query, timeout=10).status_code == 401
+    wrong = {"X-IDENTITY-HEADER": "wrong-hdr-cnry7-0000"}
+    assert requests.get(managed_identity.endpoint, params=query, headers=wrong, timeout=10).status_code == 401
+    old = {**query, "api-version": "2017-09-01"}
+    assert requests.get(managed_identity.endpoint, params=old, headers=header, timeout=10).status_code == 400
+    assert requests.post(managed_identity.endpoint, params=query, headers=header, timeout=10).status_code == 405
+    assert managed_identity.refused == 4 and managed_identity.requests == []
+    granted = requests.get(managed_identity.endpoint, params=query, headers=header, timeout=10).json()
+    assert set(granted) >= {"access_token", "expires_on", "resource", "token_type"}
+    assert granted["resource"] == FOUNDRY_RESOURCE and granted["token_type"] == "Bearer"
+    assert int(granted["expires_on"]) > time.time() + 60
+    assert managed_identity.requests == [FOUNDRY_RESOURCE] and managed_identity.count == 5
+
+    # azure-identity itself, with the wrong IDENTITY_HEADER: the endpoint says no and no token comes back.
+    monkeypatch.setenv("IDENTITY_HEADER", "wrong-hdr-cnry7-0000")
+    with pytest.raises(ClientAuthenticationError):
+        ManagedIdentityCredential().get_token(FOUNDRY_RESOURCE + "/.default")
+    assert managed_identity.refused == 5
+
+
 def test_a_wrong_token_is_refused(emulator, monkeypatch, wiretap):
     # Without the managed identity endpoint's token the emulator's Foundry dialect answers 401.
-    from azure.core.exceptions import ClientAuthenticationError
-
-    from tests.identity import serve_managed_identity
-
     with serve_managed_identity("not-the-emulator-key-cnry7-0000") as other:
         monkeypatch.setenv("IDENTITY_ENDPOINT", other.endpoint)
         monkeypatch.setenv("IDENTITY_HEADER", other.secret)
