@@ -16,6 +16,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# ``managed_identity``: an App Service managed identity endpoint for azure-identity (tests/identity.py).
+pytest_plugins = ["tests.identity"]
+
 
 def require(what: str, available: bool, reason: str) -> None:
     if available:

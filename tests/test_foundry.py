@@ -14,7 +14,6 @@ from runs_app.models import ConnectionState, Message, Run, RunStep
 from tests import users
 from tests.client_helpers import wait_for
 from tests.conftest import FAST_POLLER, MaskedSettings
-from tests.identity import managed_identity  # noqa: F401 - the fixture
 from tests.run_sequences import FUNCTION_TOOL
 
 pytestmark = pytest.mark.django_db
