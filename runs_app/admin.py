@@ -414,6 +414,7 @@ class RunAdmin(ReadOnlyAdmin):
                            "time_left", "metadata_block")}),
         ("Times (UTC)", {"fields": ("created", "started", "expires", "completed", "failed", "cancelled",
                                     "duration")}),
+        ("The conversation before this run", {"fields": ("prompt_block",)}),
         ("Waiting for tool outputs", {"fields": ("pending_calls",)}),
         ("Usage", {"fields": ("prompt_tokens", "completion_tokens", "total_tokens")}),
         ("Error", {"fields": ("last_error_code", "last_error_block", "incomplete_block")}),
@@ -523,6 +524,22 @@ class RunAdmin(ReadOnlyAdmin):
             return "—"
         return format_html('<table class="runs-table">{}</table>', format_html_join(
             "", "<tr><th>{}</th><td>{}</td></tr>", ((k, v) for k, v in run.metadata.items())))
+
+    PROMPT_MESSAGES = 5
+
+    @admin.display(description="latest messages")
+    def prompt_block(self, run):
+        """The thread's last messages before this run (its prompt), whoever wrote them, in the thread's order."""
+        earlier = run.thread.messages.exclude(run_remote_id=run.remote_id).exclude(run__created_at__gt=run.created_at)
+        if run.created_at:
+            earlier = earlier.filter(created_at__lte=run.created_at)
+        messages = list(earlier.order_by(*(f"-{f}" for f in Message.THREAD_ORDER))[:self.PROMPT_MESSAGES])[::-1]
+        if not messages:
+            return "— (none in the mirror)"
+        url = reverse("admin:runs_app_message_changelist") + f"?thread__id__exact={run.thread_id}"
+        rows = format_html_join("", '<tr><th>{}</th><td><div class="runs-text">{}</div></td></tr>',
+                                ((m.role, m.text or "(no text)") for m in messages))
+        return format_html('<table class="runs-table">{}</table><a href="{}">the whole conversation</a>', rows, url)
 
     @admin.display(description="pending tool calls")
     def pending_calls(self, run):
@@ -985,6 +1002,7 @@ class RunStepAdmin(ReadOnlyAdmin):
 class MessageAdmin(ReadOnlyAdmin):
     list_display = ("remote_id", "thread_link", "run_link", "role", "status", "created_at", "excerpt")
     list_filter = ("role", "status")
+    ordering = ("-created_at", "-position", "-id")
     list_select_related = ("thread", "run")
     search_fields = ("=remote_id", "=thread__remote_id", "=run_remote_id")
     show_full_result_count = False

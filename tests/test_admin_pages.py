@@ -277,3 +277,30 @@ def test_export_and_import_need_their_permissions(client, django_user_model):
     assert client.get(reverse("admin:runs_app_run_export")).status_code == 200
     assert "Import a thread" in client.get("/admin/runs_app/thread/").content.decode()
     assert client.get(reverse("admin:runs_app_thread_import")).status_code == 200
+
+
+def test_run_page_shows_the_conversation_before_the_run(admin_client):
+    thread = make_thread()
+    t0 = timezone.now().replace(microsecond=0) - dt.timedelta(minutes=10)
+
+    def message(remote_id, role, text, at, run=None, position=None):
+        return Message.objects.create(
+            thread=thread, remote_id=remote_id, role=role, created_at=t0 + dt.timedelta(seconds=at), run=run,
+            run_remote_id=run.remote_id if run else "", **({"position": position} if position is not None else {}),
+            content=[{"type": "text", "text": {"value": text, "annotations": []}}])
+
+    earlier = make_run(thread, 1, created_at=t0)
+    run = make_run(thread, 2, created_at=t0 + dt.timedelta(seconds=2))
+    later = make_run(thread, 3, created_at=t0 + dt.timedelta(seconds=9))
+    message("msg_a", "user", "first question", 0, position=0)
+    message("msg_b", "assistant", "first answer", 1, run=earlier, position=1)
+    message("msg_c", "user", f"the prompt {XSS}", 2, position=2)  # the same second as the run
+    message("msg_d", "assistant", "its own answer", 3, run=run, position=3)
+    message("msg_e", "user", "asked after", 9, position=4)
+    message("msg_f", "assistant", "a later answer", 9, run=later, position=5)
+    body = admin_client.get(reverse("admin:runs_app_run_change", args=[run.pk])).content.decode()
+    block = body[body.index("The conversation before this run"):body.index("the whole conversation")]
+    assert XSS not in block and "the prompt &lt;img src=x onerror=alert(1)&gt;" in block
+    assert block.index("first question") < block.index("first answer") < block.index("the prompt")
+    for text in ("its own answer", "asked after", "a later answer"):
+        assert text not in block
