@@ -52,7 +52,9 @@ def seeded(mirror_settings, emulator, django_user_model):
     wait_for(lambda: services.run_poll(run=Run.objects.get(pk=done.pk)).status == "completed")
     services.run_refresh(run=Run.objects.get(pk=done.pk))
     step = Run.objects.get(pk=done.pk).steps.first()
-    return {"thread_id": done.thread.remote_id, "run_id": waiting.remote_id, "step_id": step.remote_id}
+    message = Run.objects.get(pk=done.pk).thread.messages.first()
+    return {"thread_id": done.thread.remote_id, "run_id": waiting.remote_id, "step_id": step.remote_id,
+            "message_id": message.remote_id}
 
 
 def test_every_operation_conforms_to_the_schema(seeded, wsgi_in_test_transaction):
@@ -78,5 +80,5 @@ def test_every_operation_conforms_to_the_schema(seeded, wsgi_in_test_transaction
                 call()
             except Exception as exc:  # collect every operation's failure, then report them all
                 failures.append(f"{operation.label}: {exc}")
-    assert operations == 17
+    assert operations == 19
     assert not failures, "\n\n".join(failures)
