@@ -406,8 +406,9 @@ def mirror_mode(args, emu: Emulator, assistant_id: str, jobs: list[dict], cleanu
     from django.utils import timezone
 
     from runs_app import poller
+    from runs_app.mirror.ordering import Observation
+    from runs_app.mirror.upsert import apply_run
     from runs_app.models import ConnectionState, PollerLane, Run, RunEvent, Source
-    from runs_app.sync import Observation, apply_run
 
     log = tempfile.NamedTemporaryFile("w+", prefix="bench-qcluster-", suffix=".log", delete=False)  # noqa: SIM115
     cleanup.files.append(Path(log.name))

@@ -3,7 +3,7 @@
 Starts the emulator (`--speed 5 --control --expire-after 20`, with the mirror_lag bench's request counter), a
 fresh PostgreSQL database `soak_<pid>` (migrated), Redis as the broker (a queue name of its own), and two
 `manage.py qcluster` processes on them. Then, from this process, through `runs_app.services` and
-`runs_app.relay` (as the admin, the API and the live page do), with the faults switched on:
+`runs_app.web.relay` (as the admin, the API and the live page do), with the faults switched on:
 
 - N runs, each on a new thread, shapes in turn: plain text, streamed through the relay (`cut` faults break
   some streams; the poller finishes those), a function tool answered once the mirror shows
@@ -115,9 +115,10 @@ def drive(args, assistant_id: str, kill_cluster) -> dict:
     """Create and steer the runs; returns what the driver did."""
     from django.db import close_old_connections
 
-    from runs_app import relay, services
+    from runs_app import services
     from runs_app.assistants import AssistantsError
     from runs_app.models import Run, Thread
+    from runs_app.web import relay
 
     rng = random.Random(args.seed)
     jobs = [{"i": i, "shape": SHAPES[i % len(SHAPES)], "slow": round(rng.uniform(1, 6), 1)} for i in range(args.runs)]
@@ -134,7 +135,7 @@ def drive(args, assistant_id: str, kill_cluster) -> dict:
             if job["shape"] == "stream":
                 for _attempt in range(3):  # as a user would: if the service refused it, start it again
                     try:
-                        stream = relay.run_create_stream(thread=thread, assistant_id=assistant_id)
+                        stream = relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant_id))
                         for _ in stream:
                             pass
                         break

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
 from runs_app.conf import (
     AUTH_API_KEY,
@@ -223,6 +224,29 @@ def _check_thread_discovery(name: str, conn: dict, kind: str) -> list:
     if isinstance(since, bool) or not isinstance(since, int | float) or since <= 0:
         errors.append(Error(f"{_key('CONNECTIONS', name, 'DISCOVER_THREADS_SINCE')} must be a positive number of "
                             f"seconds, not {since!r}.", id="runs_app.E013"))
+    return errors
+
+
+@register("runs_app")
+def check_api_permission_classes(app_configs=None, **kwargs):
+    errors = []
+    if hasattr(settings, "RUNS_APP_API_PERMISSION_CLASSES"):
+        errors.append(Error("RUNS_APP_API_PERMISSION_CLASSES is no longer read.",
+                            hint=f"Move it into the one settings dict: {_key('API_PERMISSION_CLASSES')}.",
+                            id="runs_app.E014"))
+    raw = getattr(settings, SETTING_NAME, None)
+    paths = raw.get("API_PERMISSION_CLASSES") if isinstance(raw, dict) else None
+    if paths is None:
+        return errors
+    if not isinstance(paths, list | tuple) or not all(isinstance(p, str) for p in paths):
+        return [*errors, Error(f"{_key('API_PERMISSION_CLASSES')} must be a list of dotted paths.",
+                               id="runs_app.E014")]
+    for path in paths:
+        try:
+            import_string(path)
+        except ImportError as exc:
+            errors.append(Error(f"{_key('API_PERMISSION_CLASSES')} names {path!r}, which cannot be imported: {exc}",
+                                id="runs_app.E014"))
     return errors
 
 

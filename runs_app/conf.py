@@ -95,6 +95,8 @@ DEFAULTS = {
     "METRICS_TOKEN": "",
     # Create the per-minute watchdog schedule (django-q2) on migrate; run the lane watcher in q workers.
     "POLLER_AUTOSTART": True,
+    # The API's permission policy: dotted paths of DRF permission classes.
+    "API_PERMISSION_CLASSES": ["runs_app.api.permissions.IsRunsOperator"],
 }
 
 #: Keys of one ``RUNS_APP["CONNECTIONS"][name]`` entry and their defaults.
@@ -125,6 +127,27 @@ DEFAULT_ENTRA_SCOPES = {
 }
 
 
+#: Settings read as numbers: seconds (float) and counts (int). A value of another kind is left as given, for the
+#: system checks to report (runs_app.E011).
+SECONDS = frozenset({
+    "CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP", "POLL_FAST", "ACTIVE_WINDOW",
+    "POLL_SLOW", "POLL_WAITING", "CLAIM_LEASE", "CYCLE_SECONDS", "LANE_STALE_AFTER", "DISCOVERY_INTERVAL",
+    "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "HEALTH_PROBE_AFTER", "DISCOVER_THREADS_SINCE",
+})
+COUNTS = frozenset({"MAX_RETRIES", "POLLER_LANES", "POLL_THREADS", "CLAIM_BATCH"})
+
+
+def typed(name: str, value):
+    """The value as the type the setting has (float seconds, int counts), once, where it is read."""
+    kind = float if name in SECONDS else int if name in COUNTS else None
+    if kind is None or isinstance(value, bool):
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return value
+
+
 class AppSettings:
     """Attribute access to ``settings.RUNS_APP`` merged over ``DEFAULTS``, read on first use."""
 
@@ -141,7 +164,7 @@ class AppSettings:
         if self._cached is None:
             merged = copy.deepcopy(self._defaults)
             merged.update({k: v for k, v in self.user_settings.items() if k in self._defaults})
-            self._cached = merged
+            self._cached = {k: typed(k, v) for k, v in merged.items()}
         return self._cached
 
     def __getattr__(self, name: str):
@@ -163,6 +186,7 @@ class AppSettings:
             merged["ENTRA_SCOPE"] = DEFAULT_ENTRA_SCOPES.get(kind)
         if merged["DISCOVER_THREADS"] is None:
             merged["DISCOVER_THREADS"] = DEFAULT_DISCOVER_THREADS.get(kind, False)
+        merged["DISCOVER_THREADS_SINCE"] = typed("DISCOVER_THREADS_SINCE", merged["DISCOVER_THREADS_SINCE"])
         return merged
 
     def connections_discovering_threads(self) -> list[str]:

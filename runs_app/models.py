@@ -8,9 +8,11 @@ later are never lost. Rows are written only by ``runs_app.sync`` (the one upsert
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 
@@ -30,6 +32,9 @@ TERMINAL_RUN_STATUSES = frozenset({
     RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.COMPLETED, RunStatus.INCOMPLETE, RunStatus.EXPIRED,
 })
 ACTIVE_RUN_STATUSES = frozenset(set(RunStatus.values) - TERMINAL_RUN_STATUSES)
+#: A run that has stopped, for now or for good: waiting for tool outputs, or terminal. Its steps and messages
+#: stand still: they are fetched at these statuses, and its messages can no longer change.
+STOPPED_RUN_STATUSES = frozenset(TERMINAL_RUN_STATUSES | {RunStatus.REQUIRES_ACTION})
 
 
 class StepStatus(models.TextChoices):
@@ -57,6 +62,29 @@ class Source(models.TextChoices):
     IMPORT = "import"
 
 
+class AmbiguousRemoteId(Exception):
+    """A remote id the mirror holds on more than one connection: the caller must name the connection."""
+
+
+class MirrorQuerySet(models.QuerySet):
+    def by_remote_id(self, remote_id: str, *, connection: str | None = None):
+        """The row with this remote id (on ``connection`` when given). Raises the model's ``DoesNotExist`` when the
+        mirror does not hold it, ``AmbiguousRemoteId`` when several connections do — the same for every door."""
+        rows = self.filter(remote_id=remote_id)
+        if connection:
+            rows = rows.filter(connection=connection)
+        found = list(rows[:2])
+        name = self.model._meta.verbose_name
+        if not found:
+            where = f" on connection {connection!r}" if connection else ""
+            raise self.model.DoesNotExist(f"The {name} {remote_id} is not in the mirror{where}; import its thread "
+                                          "first.")
+        if len(found) > 1:
+            raise AmbiguousRemoteId(f"The {name} {remote_id} is in the mirror on several connections; name one "
+                                    "with connection=NAME.")
+        return found[0]
+
+
 class MirrorRow(models.Model):
     """What every mirrored object has: its connection and remote id, the raw object, when it was synced."""
 
@@ -71,6 +99,8 @@ class MirrorRow(models.Model):
     observed_to = models.DateTimeField(null=True, blank=True)
     synced_at = models.DateTimeField(null=True, blank=True, help_text="Last time any payload was applied.")
     first_seen_at = models.DateTimeField(default=timezone.now)
+
+    objects = MirrorQuerySet.as_manager()
 
     class Meta:
         abstract = True
@@ -96,7 +126,7 @@ class Thread(MirrorRow):
         ordering = ["-created_at"]
 
 
-class RunQuerySet(models.QuerySet):
+class RunQuerySet(MirrorQuerySet):
     def active(self):
         # IN over the few active statuses, not NOT IN over the terminal ones: the former uses the status
         # index, the latter scans the table on PostgreSQL.
@@ -314,6 +344,64 @@ class OperatorAction(models.Model):
         return f"{self.action} {self.target} by {self.user or 'system'}: {outcome}"
 
 
+class ConnectionStateQuerySet(models.QuerySet):
+    """Every write to a connection's sync health, one per concern (the poller, discovery and the health probe use
+    these; nothing else writes ``ConnectionState``)."""
+
+    def for_connection(self, name: str) -> ConnectionState:
+        state, _ = self.get_or_create(connection=name)
+        return state
+
+    def record(self, name: str, *, ok: int = 0, failed: int = 0, error: str = "", discovery: int = 0,
+               threads_discovered: int = 0, newest_thread_id: str | None = None) -> None:
+        """Count requests: ``ok`` answered, ``failed`` failed (``error`` the last one's text); ``discovery`` of them
+        made by thread discovery."""
+        now = timezone.now()
+        changes = {"requests": F("requests") + ok + failed}
+        if ok:
+            changes["last_success_at"] = now
+        if failed:
+            changes.update(last_error_at=now, last_error=error[:500], failed_requests=F("failed_requests") + failed)
+        if discovery:
+            changes["discovery_requests"] = F("discovery_requests") + discovery
+        if threads_discovered:
+            changes["threads_discovered"] = F("threads_discovered") + threads_discovered
+        if newest_thread_id:
+            changes["newest_thread_id"] = newest_thread_id
+        self.filter(pk=self.for_connection(name).pk).update(**changes)
+
+    def pause(self, name: str, seconds: float | None, reason: str) -> dt.datetime:
+        """A 429: the connection's polling waits until its Retry-After has passed."""
+        now = timezone.now()
+        until = now + dt.timedelta(seconds=seconds if seconds is not None else 5)
+        self.filter(pk=self.for_connection(name).pk).update(
+            paused_until=until, pause_reason=reason[:300], rate_limited=F("rate_limited") + 1,
+            last_error_at=now, last_error=reason[:500], requests=F("requests") + 1)
+        return until
+
+    def paused(self, now: dt.datetime) -> list[str]:
+        return list(self.filter(paused_until__gt=now).values_list("connection", flat=True))
+
+    def take_probe(self, name: str, now: dt.datetime, after: float) -> bool:
+        """True (for one caller) when the connection made no call and had no probe for ``after`` seconds."""
+        state = self.for_connection(name)
+        since = now - dt.timedelta(seconds=after)
+        last = max([t for t in (state.last_success_at, state.last_error_at, state.probed_at) if t], default=None)
+        if last is not None and last > since:
+            return False
+        return bool(self.filter(pk=state.pk, probed_at=state.probed_at).update(probed_at=now))
+
+    def take_thread_discovery(self, name: str, now: dt.datetime, next_at: dt.datetime) -> ConnectionState | None:
+        """The connection's thread discovery, if due, for this caller alone (compare-and-set on its due time)."""
+        state = self.for_connection(name)
+        due = state.next_thread_discovery_at
+        if due is not None and due > now:
+            return None
+        if not self.filter(pk=state.pk, next_thread_discovery_at=due).update(next_thread_discovery_at=next_at):
+            return None  # another lane took it
+        return state
+
+
 class ConnectionState(models.Model):
     """Per-connection sync health: pauses after rate limits, last success, counters."""
 
@@ -333,6 +421,9 @@ class ConnectionState(models.Model):
     discovery_requests = models.PositiveBigIntegerField(
         default=0, help_text="Requests made by thread discovery (thread listings, first message listings).")
     threads_discovered = models.PositiveBigIntegerField(default=0)
+    probed_at = models.DateTimeField(null=True, blank=True, help_text="The last health probe of an idle connection.")
+
+    objects = ConnectionStateQuerySet.as_manager()
 
     def __str__(self):
         return self.connection

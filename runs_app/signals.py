@@ -15,3 +15,7 @@ run_status_changed = Signal()
 run_requires_action = Signal()
 run_stuck = Signal()
 run_expiring = Signal()
+
+#: Internal: a run entered the mirror, or was handed back, and needs polling (sent after commit by the mirror's
+#: upsert and by the services; the poller, higher up, listens and makes sure its lanes run).
+polling_needed = Signal()

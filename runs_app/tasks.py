@@ -3,7 +3,6 @@
 - ``poll_lane(lane, token)``: one poll loop cycle, then its successor (see runs_app/poller.py).
 - ``poller_watchdog()``: every minute (a django-q2 schedule): restarts stale lanes, flags stuck and
   expiring runs.
-- ``refresh_run(run_pk)``: fetch one run with its steps and messages now.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ import logging
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from runs_app import poller, services
-from runs_app.models import PollerLane, Run
+from runs_app import poller
+from runs_app.models import PollerLane
 
 logger = logging.getLogger("runs_app.tasks")
 
@@ -33,10 +32,3 @@ def poller_watchdog() -> dict:
     started = poller.ensure_running()
     flags = poller.flag_stuck_and_expiring()
     return {"lanes_started": started, **flags}
-
-
-def refresh_run(run_pk: int) -> str | None:
-    run = Run.objects.select_related("thread").filter(pk=run_pk).first()
-    if run is None:
-        return None
-    return services.run_poll(run=run, force_details=True).status

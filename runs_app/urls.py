@@ -2,7 +2,8 @@
 
 from django.urls import path
 
-from runs_app import live, views
+from runs_app.ops import views
+from runs_app.web import live
 
 app_name = "runs_app"
 

@@ -12,7 +12,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from runs_app.admin import EstimatedCountPaginator, csv_cell
+from runs_app.admin.changelist import EstimatedCountPaginator
+from runs_app.admin.runs import csv_cell
 from runs_app.models import Message, OperatorAction, Run, RunEvent, RunStep, Thread
 
 pytestmark = pytest.mark.django_db
@@ -110,7 +111,7 @@ def test_changelist_does_not_count_the_whole_table():
     assert Run.objects.count() == 0
     paginator = EstimatedCountPaginator(Run.objects.order_by("-created_at"), 50)
     assert paginator.count == 0  # SQLite (and small tables): an exact count
-    from runs_app.admin import RunAdmin
+    from runs_app.admin.runs import RunAdmin
 
     assert RunAdmin.show_full_result_count is False and RunAdmin.paginator is EstimatedCountPaginator
 
@@ -254,7 +255,7 @@ def test_other_changelists_do_not_grow(admin_client):
 
 
 def test_bulk_actions_refuse_oversized_selections(admin_client, mirror_settings, emulator, monkeypatch):
-    from runs_app.admin import RunAdmin
+    from runs_app.admin.runs import RunAdmin
 
     monkeypatch.setattr(RunAdmin, "MAX_BULK", 3)
     thread = make_thread()

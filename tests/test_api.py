@@ -135,7 +135,7 @@ def test_session_authentication(client, operator):
 
 
 def test_permission_policy_is_configurable(settings, api):
-    settings.RUNS_APP_API_PERMISSION_CLASSES = ["rest_framework.permissions.IsAdminUser"]
+    settings.RUNS_APP = {**settings.RUNS_APP, "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"]}
     assert APIClient().get("/api/runs/").status_code == 401
     assert api.get("/api/runs/").status_code == 200
 

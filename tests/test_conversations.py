@@ -2,6 +2,8 @@
 ones added before a run or by another application, the runs' answers), in the thread's order, incrementally; the
 API adds and reads messages; a refused run start leaves nothing behind; thread discovery follows new threads."""
 
+import logging
+import re
 import time
 
 import pytest
@@ -11,8 +13,9 @@ from rest_framework.test import APIClient
 
 from runs_app import poller, services
 from runs_app.assistants import AssistantsClient
+from runs_app.mirror import ordering, upsert
 from runs_app.models import ConnectionState, Message, OperatorAction, Run, Thread
-from runs_app.sync_status import sync_status
+from runs_app.ops.sync_status import sync_status
 from tests import users
 from tests.client_helpers import wait_for
 from tests.test_poller import final
@@ -22,21 +25,31 @@ pytestmark = pytest.mark.django_db
 TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
 
 
-class CountingClient(AssistantsClient):
-    """runs_app's own client, counting the requests it makes by method and path."""
+class RequestLog(logging.Handler):
+    """The requests runs_app's services made, as (method, path): the client logs one line per attempt (the tests'
+    own ``remote`` client, standing for another application, is left out)."""
 
-    calls: list = []
+    LINE = re.compile(r"^(?!remote )\S+ (GET|POST|DELETE) (\S+) -> ")
 
-    def _attempt(self, method, path, *args, **kwargs):
-        CountingClient.calls.append((method, path))
-        return super()._attempt(method, path, *args, **kwargs)
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.calls: list = []
+
+    def emit(self, record):
+        match = self.LINE.match(record.getMessage())
+        if match:
+            self.calls.append(match.groups())
 
 
 @pytest.fixture
-def counted(monkeypatch):
-    CountingClient.calls = []
-    monkeypatch.setattr(services, "client_factory", CountingClient)
-    return CountingClient.calls
+def counted():
+    handler = RequestLog()
+    logger = logging.getLogger("runs_app.client")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    yield handler.calls
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def texts(thread):
@@ -243,7 +256,7 @@ def test_a_refused_run_start_through_the_api_leaves_no_message(mirror_settings, 
                                additional_messages=[{"role": "user", "content": "hold on [slow:30]"}])
     body["assistant_id"] = assistant["id"]
     response = api.post(f"/api/threads/{thread.remote_id}/runs/", body, format="json")
-    assert response.status_code == 400 and busy.remote_id in response.json()["error"]["message"]
+    assert response.status_code == 409 and busy.remote_id in response.json()["error"]["message"]
     assert "never sent alone" not in [t for _, t in remote_texts(remote, thread.remote_id)]
     services.run_cancel(run=busy)
 
@@ -323,7 +336,6 @@ def test_a_thread_created_elsewhere_is_tracked_within_the_discovery_interval(q_c
 
 
 def test_an_answer_relayed_before_the_prompt_was_listed_still_follows_it(mirror_settings, assistant, remote):
-    from runs_app import sync
     from runs_app.models import Source
 
     outside = remote.create_thread(messages=[{"role": "user", "content": "the prompt"}])
@@ -331,6 +343,6 @@ def test_an_answer_relayed_before_the_prompt_was_listed_still_follows_it(mirror_
     wait_for(lambda: remote.retrieve_run(outside["id"], made["id"])["status"] == "completed")
     [answer] = [m for m in remote.iter_messages(outside["id"]) if m["role"] == "assistant"]
     # A relay applies the answer from the stream first; the listing brings the prompt later, in the same second.
-    sync.apply_message(answer, connection="default", seen=sync.Observation.now(Source.STREAM))
+    upsert.apply_message(answer, connection="default", seen=ordering.Observation.now(Source.STREAM))
     services.thread_messages_sync(thread=Thread.objects.get(remote_id=outside["id"]))
     assert [r for r, _ in texts(Thread.objects.get(remote_id=outside["id"]))] == ["user", "assistant"]

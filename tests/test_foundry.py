@@ -8,9 +8,11 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
-from runs_app import poller, relay, services
+from runs_app import poller, services
 from runs_app.assistants import AssistantsClient, RateLimited
+from runs_app.mirror import ordering, upsert
 from runs_app.models import ConnectionState, Message, Run, RunStep
+from runs_app.web import relay
 from tests import users
 from tests.client_helpers import wait_for
 from tests.conftest import FAST_POLLER, MaskedSettings
@@ -118,8 +120,9 @@ def test_a_failed_run_reports_zero_usage(foundry, agent):
 
 def test_an_undeployed_model_fails_inside_the_200_stream_and_the_mirror_says_why(foundry, agent):
     thread = services.thread_create()
-    events = b"".join(relay.run_create_stream(thread=thread, assistant_id=agent["id"], model="undeployed-gpt-9",
-                                              additional_messages=[{"role": "user", "content": "hi"}]))
+    events = b"".join(relay.Relay(services.run_create_stream(
+        thread=thread, assistant_id=agent["id"], model="undeployed-gpt-9",
+        additional_messages=[{"role": "user", "content": "hi"}])))
     assert b"event: thread.run.failed" in events and events.endswith(b"event: done\ndata: [DONE]\n\n")
     run = Run.objects.get(thread=thread)
     assert run.status == "failed" and run.last_error_code == "invalid_engine_error"
@@ -128,11 +131,11 @@ def test_an_undeployed_model_fails_inside_the_200_stream_and_the_mirror_says_why
 
 def test_a_relayed_submit_continues_the_mirror(foundry, agent):
     thread = services.thread_create(messages=[{"role": "user", "content": "get_weather in Rome"}])
-    b"".join(relay.run_create_stream(thread=thread, assistant_id=agent["id"]))
+    b"".join(relay.Relay(services.run_create_stream(thread=thread, assistant_id=agent["id"])))
     run = Run.objects.get(thread=thread)
     assert run.status == "requires_action"
     outputs = [{"tool_call_id": c["id"], "output": "warm"} for c in run.pending_tool_calls]
-    b"".join(relay.run_submit_tool_outputs_stream(run=run, tool_outputs=outputs))
+    b"".join(relay.Relay(services.run_submit_tool_outputs_stream(run=run, tool_outputs=outputs)))
     run.refresh_from_db()
     assert run.status == "completed"
     [tool_step] = RunStep.objects.filter(run=run, type="tool_calls")
@@ -183,7 +186,6 @@ def test_a_429_during_polling_pauses_the_connection_for_its_retry_after(foundry,
 
 
 def test_an_unknown_step_type_is_kept_and_shown(foundry, agent, admin_client):
-    from runs_app import sync
     from runs_app.models import Source
 
     run = polled(services.thread_and_run_create(assistant_id=agent["id"], thread={"messages": [
@@ -193,7 +195,7 @@ def test_an_unknown_step_type_is_kept_and_shown(foundry, agent, admin_client):
             "run_id": run.remote_id, "thread_id": run.thread.remote_id, "assistant_id": agent["id"],
             "created_at": int(time.time()), "step_details": {"type": "activities", "activities": [
                 {"type": "mcp_list_tools", "server_label": "<b>docs</b>"}]}}
-    sync.apply_step(step, connection="default", seen=sync.Observation.now(Source.POLL))
+    upsert.apply_step(step, connection="default", seen=ordering.Observation.now(Source.POLL))
     mirrored = RunStep.objects.get(remote_id="step_mcp1")
     assert mirrored.type == "activities" and mirrored.step_details["activities"][0]["server_label"] == "<b>docs</b>"
     page = admin_client.get(f"/admin/runs_app/run/{run.pk}/change/")

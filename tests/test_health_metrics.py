@@ -7,8 +7,9 @@ from django.test import Client
 from django.utils import timezone
 
 from emulator import serve_in_thread
-from runs_app import poller, relay, services
+from runs_app import poller, services
 from runs_app.models import ConnectionState, PollerLane
+from runs_app.web import relay
 from tests.client_helpers import wait_for
 from tests.conftest import FAST_POLLER
 
@@ -23,15 +24,17 @@ def staff(django_user_model):
     return client
 
 
-def test_healthz_turns_503_when_the_service_stops_and_200_when_it_returns(settings, staff):
+def test_healthz_turns_503_when_the_service_stops_and_200_when_it_returns(q_cluster, settings, staff):
     url, handle = serve_in_thread(api_key="k-health-cnry7-1", speed=50)
     port = handle.url.rsplit(":", 1)[1]
-    settings.RUNS_APP = {"CONNECTIONS": {"default": {"KIND": "azure_openai", "ENDPOINT": url,
-                                                     "API_KEY": "k-health-cnry7-1"}},
-                         **FAST_POLLER, "HEALTH_PROBE_AFTER": 0.3}
+    runs_app = {"CONNECTIONS": {"default": {"KIND": "azure_openai", "ENDPOINT": url, "API_KEY": "k-health-cnry7-1"}},
+                **FAST_POLLER, "HEALTH_PROBE_AFTER": 0.3, "LANE_STALE_AFTER": 2.0}
+    settings.RUNS_APP = runs_app
+    # Nothing to poll: the lanes of a real q cluster probe the idle connection; /healthz only reads what they saw.
+    q_cluster(**runs_app)
     anonymous = Client()
     try:
-        response = anonymous.get("/healthz")
+        response = wait_for(lambda: (r := anonymous.get("/healthz")).status_code == 200 and r, timeout=30)
         body = response.json()
         assert response.status_code == 200 and body["status"] == "ok", body
         assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
@@ -79,12 +82,11 @@ def test_metrics_report_runs_requests_lag_and_open_streams(mirror_settings, assi
     done = services.thread_and_run_create(assistant_id=assistant["id"], thread={
         "messages": [{"role": "user", "content": "hi"}]})
     wait_for(lambda: services.run_refresh(run=done).is_terminal)
-    poller._record("default", ok=True)
-    poller._record("default", ok=True)
-    poller._record("default", error="HTTP 500")
+    ConnectionState.objects.record("default", ok=2)
+    ConnectionState.objects.record("default", failed=1, error="HTTP 500")
     poller.pause_connection("default", 5, "429")
     thread = services.thread_create(messages=[{"role": "user", "content": "stream it [words:50] [slow:3]"}])
-    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    stream = relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
     chunks = iter(stream)
     next(chunks), next(chunks)  # one stream open (in a test transaction each event is applied after it was sent)
     text = staff.get("/metrics").content.decode()

@@ -9,8 +9,8 @@ import pytest
 from django.test import Client
 
 from runs_app import services
-from runs_app.feed import MirrorFeed
 from runs_app.models import Message, OperatorAction, PollerLane, Run
+from runs_app.web.feed import MirrorFeed
 from tests import users
 from tests.client_helpers import wait_for
 
@@ -155,7 +155,8 @@ def test_a_second_run_on_a_busy_thread_is_refused_before_the_service(mirror_sett
     token = csrf_of(browser, thread)
     response = browser.post(f"/threads/{thread.remote_id}/live/runs/",
                             {"assistant_id": assistant["id"], "content": "hi"}, HTTP_X_CSRFTOKEN=token)
-    assert response.status_code == 400 and busy.remote_id in response.json()["error"]["message"]
+    assert response.status_code == 409 and busy.remote_id in response.json()["error"]["message"]
+    assert response.json()["error"]["param"] == "thread_id"
     # The refused message was added neither on the service nor in the mirror (which holds the thread's prompt).
     assert [m["role"] for m in remote.iter_messages(thread.remote_id) if m["role"] == "user"] == ["user"]
     assert list(Message.objects.filter(thread=thread, role="user").values_list("role", flat=True)) == ["user"]
@@ -181,12 +182,12 @@ def test_tool_outputs_continue_the_stream_and_cancel_answers_json(mirror_setting
     run = Run.objects.get(remote_id=run_id)
     assert run.status == "completed" and call["id"] in run.answered_call_ids
     response = browser.post(f"/runs/{run_id}/live/cancel/", HTTP_X_CSRFTOKEN=token)
-    assert response.status_code == 400 and response.json()["error"]["param"] == "run"
+    assert response.status_code == 409 and response.json()["error"]["param"] == "run_id"
 
     services.message_create(thread=thread, content="take a while [slow:30]")
     slow = services.run_create(thread=thread, assistant_id=assistant["id"])
     response = browser.post(f"/runs/{slow.remote_id}/live/cancel/", HTTP_X_CSRFTOKEN=token)
-    assert response.status_code == 200 and response.json()["run"]["status"] in ("cancelling", "cancelled")
+    assert response.status_code == 200 and response.json()["status"] in ("cancelling", "cancelled")
     assert OperatorAction.objects.filter(action="cancel_run", target=slow.remote_id, succeeded=True).exists()
 
 

@@ -5,8 +5,9 @@ import re
 import pytest
 from django.core.exceptions import ValidationError
 
-from runs_app import relay, services
+from runs_app import services
 from runs_app.models import Message, OperatorAction, Run
+from runs_app.web import relay
 
 pytestmark = pytest.mark.django_db
 
@@ -19,8 +20,8 @@ def frames(chunks):
 
 
 def test_relay_re_emits_events_and_mirrors_them(mirror_settings, assistant, operator=None):
-    stream = relay.thread_and_run_create_stream(assistant_id=assistant["id"], thread={"messages": [
-        {"role": "user", "content": "get_weather in Oslo"}]})
+    stream = relay.Relay(services.thread_and_run_create_stream(assistant_id=assistant["id"], thread={"messages": [
+        {"role": "user", "content": "get_weather in Oslo"}]}))
     events, body = frames(stream)
     names = [n for n, _ in events]
     assert names[:2] == ["thread.created", "thread.run.created"]
@@ -30,8 +31,8 @@ def test_relay_re_emits_events_and_mirrors_them(mirror_settings, assistant, oper
     assert run.status == "requires_action" and run.steps.filter(type="tool_calls").exists()
     assert OperatorAction.objects.get(action="create_thread_and_run").run == run
     call = run.pending_tool_calls[0]
-    follow = relay.run_submit_tool_outputs_stream(run=run, tool_outputs=[{"tool_call_id": call["id"],
-                                                                          "output": "sunny"}])
+    follow = relay.Relay(services.run_submit_tool_outputs_stream(run=run, tool_outputs=[{"tool_call_id": call["id"],
+                                                                          "output": "sunny"}]))
     events, _ = frames(follow)
     assert [n for n, _ in events][-2:] == ["thread.run.completed", "done"]
     run.refresh_from_db()
@@ -43,14 +44,14 @@ def test_relay_re_emits_events_and_mirrors_them(mirror_settings, assistant, oper
 def test_relay_validates_before_the_first_byte(mirror_settings, assistant):
     thread = services.thread_create()
     with pytest.raises(ValidationError):
-        relay.run_create_stream(thread=thread, assistant_id=assistant["id"], metadata={"k" * 65: "v"})
+        relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant["id"], metadata={"k" * 65: "v"}))
     assert not Run.objects.exists()
 
 
 def test_cut_upstream_gives_an_error_event_and_the_poller_takes_over(mirror_settings, emulator, assistant):
     thread = services.thread_create(messages=[{"role": "user", "content": "long [words:30]"}])
     emulator.set_faults({"cut": {"p": 1.0, "after": 4}, "times": 1})
-    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    stream = relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
     events, _ = frames(stream)
     assert [n for n, _ in events][:4] == ["thread.run.created", "thread.run.queued", "thread.run.in_progress",
                                           "thread.run.step.created"]
@@ -61,7 +62,7 @@ def test_cut_upstream_gives_an_error_event_and_the_poller_takes_over(mirror_sett
 
 def test_client_going_away_hands_the_run_to_the_poller(mirror_settings, assistant):
     thread = services.thread_create(messages=[{"role": "user", "content": "slow [slow:30]"}])
-    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    stream = relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
     iterator = iter(stream)
     first = next(iterator)
     assert first.startswith(b"event: thread.run.created")
@@ -72,7 +73,7 @@ def test_client_going_away_hands_the_run_to_the_poller(mirror_settings, assistan
 
 def test_heartbeat_while_the_service_is_silent(mirror_settings, assistant):
     thread = services.thread_create(messages=[{"role": "user", "content": "think [slow:30]"}])
-    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    stream = relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
     stream._heartbeat = 0.05
     iterator = iter(stream)
     chunks = [next(iterator) for _ in range(12)]
@@ -82,7 +83,7 @@ def test_heartbeat_while_the_service_is_silent(mirror_settings, assistant):
 
 def test_sse_response_headers(mirror_settings, assistant):
     thread = services.thread_create()
-    response = relay.sse_response(relay.run_create_stream(thread=thread, assistant_id=assistant["id"]))
+    response = relay.sse_response(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
     assert response["Content-Type"] == "text/event-stream"
     assert response["Cache-Control"] == "no-cache" and response["X-Accel-Buffering"] == "no"
     b"".join(response.streaming_content)
@@ -92,8 +93,8 @@ def test_a_response_closed_before_its_first_byte_closes_the_service_stream(mirro
     """The relay reads from construction on; if the response never starts (an error after the view), Django's
     close() must still stop the reader and close the service's stream."""
     thread = services.thread_create(messages=[{"role": "user", "content": "slow [slow:30]"}])
-    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
-    response = relay.sse_response(stream)
+    stream = relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
+    response = relay.event_stream_response(stream)
     assert stream.close in response._resource_closers  # what response.close() calls (it also ends the request)
     stream.close()
     assert stream._stream._closed and stream._stop.is_set()
@@ -102,8 +103,8 @@ def test_a_response_closed_before_its_first_byte_closes_the_service_stream(mirro
 
 def test_django_closing_a_started_response_ends_the_relay_and_hands_over(mirror_settings, assistant):
     thread = services.thread_create(messages=[{"role": "user", "content": "slow [slow:30]"}])
-    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
-    response = relay.sse_response(stream)
+    stream = relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
+    response = relay.event_stream_response(stream)
     first = next(iter(response.streaming_content))
     assert first.startswith(b"event: thread.run.created")
     assert stream.close in response._resource_closers
@@ -118,7 +119,7 @@ def test_outside_a_transaction_the_mirror_is_written_by_the_applier_thread(mirro
     """The production path: events go out without waiting for the database; consecutive text deltas are folded
     into fewer writes; the mirror is complete when the response ends."""
     thread = services.thread_create(messages=[{"role": "user", "content": "a long one [words:300]"}])
-    stream = relay.run_create_stream(thread=thread, assistant_id=assistant["id"])
+    stream = relay.Relay(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
     events, _ = frames(stream)
     text = "".join(__import__("json").loads(d)["delta"]["content"][0]["text"]["value"]
                    for n, d in events if n == "thread.message.delta")

@@ -13,10 +13,11 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from emulator import serve_in_thread
 from emulator.pytest_plugin import TEST_API_KEY
-from runs_app import services, sync
+from runs_app import services
 from runs_app.assistants import AssistantsClient, AssistantsError
+from runs_app.mirror import upsert
+from runs_app.mirror.ordering import Observation
 from runs_app.models import OperatorAction, Run, Source, Thread
-from runs_app.sync import Observation
 from tests.client_helpers import connection_settings
 
 pytestmark = pytest.mark.django_db
@@ -138,14 +139,14 @@ def test_hostile_text_is_escaped_in_admin_live_page_and_csv(django_user_model, m
     seen = Observation.now(Source.POLL)
     base = {"object": "thread.run", "thread_id": thread.remote_id, "assistant_id": assistant["id"],
             "created_at": 1795650000, "model": "gpt-4o", "instructions": HOSTILE, "tools": []}
-    waiting = sync.apply_run({**base, "id": "run_hostile1", "status": "requires_action",
+    waiting = upsert.apply_run({**base, "id": "run_hostile1", "status": "requires_action",
                               "metadata": {"note": HOSTILE, "formula": "=HYPERLINK(\"http://x\")"},
                               "required_action": {"type": "submit_tool_outputs", "submit_tool_outputs": {
                                   "tool_calls": [{"id": "call_1", "type": "function", "function": {
                                       "name": "get_weather", "arguments": '{"city": "' + HOSTILE.replace('"', "'")
                                                                            + '"}'}}]}}},
                              connection="default", seen=seen).row
-    failed = sync.apply_run({**base, "id": "run_hostile2", "status": "failed", "metadata": {},
+    failed = upsert.apply_run({**base, "id": "run_hostile2", "status": "failed", "metadata": {},
                              "last_error": {"code": "server_error", "message": HOSTILE}},
                             connection="default", seen=seen).row
     pages = [f"/admin/runs_app/run/{waiting.pk}/change/", f"/admin/runs_app/run/{failed.pk}/change/",

@@ -70,7 +70,7 @@ def test_submit_tool_outputs_validates_all_and_only_the_pending_calls(mirror_set
     assert "sunny" in Message.objects.filter(run=final, role="assistant").get().text
     step = RunStep.objects.get(run=final, type="tool_calls")
     assert step.tool_calls[0]["function"]["output"] == "sunny"
-    with pytest.raises(ValidationError, match="only a run in requires_action"):
+    with pytest.raises(services.RunStateConflict, match="only a run in requires_action"):
         services.run_submit_tool_outputs(run=final, tool_outputs=[{"tool_call_id": call_id, "output": "x"}])
 
 
@@ -82,7 +82,7 @@ def test_cancel_and_modify_metadata(mirror_settings, assistant, operator):
     run = services.run_cancel(run=run, user=operator)
     assert run.status == "cancelling"
     assert settle(run).status == "cancelled"
-    with pytest.raises(ValidationError, match="already cancelled"):
+    with pytest.raises(services.RunStateConflict, match="already cancelled"):
         services.run_cancel(run=Run.objects.get(pk=run.pk))
 
 

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runs_app import signals, sync
+from runs_app import signals
+from runs_app.mirror import ordering, upsert
+from runs_app.mirror.ordering import Observation
 from runs_app.models import Message, Run, RunEvent, RunStep, Thread
-from runs_app.sync import Observation
 from tests.run_sequences import record_sequences
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
@@ -36,7 +37,7 @@ def fresh(sequence):
 
 
 def apply(payload, seen):
-    return sync.apply_run(payload, connection="default", seen=seen)
+    return upsert.apply_run(payload, connection="default", seen=seen)
 
 
 pytestmark = pytest.mark.django_db
@@ -123,7 +124,7 @@ def test_in_progress_overlapping_requires_action_is_stale_until_outputs_are_answ
     apply(seq[waiting], at(10, 12))
     assert not apply(before, at(11, 13)).applied  # concurrent, and nobody answered the calls
     run = Run.objects.get(remote_id=seq[0]["id"])
-    run.answered_call_ids = sorted(sync.call_ids(seq[waiting]["required_action"]))
+    run.answered_call_ids = sorted(ordering.call_ids(seq[waiting]["required_action"]))
     run.save()
     assert apply(after, at(11, 13)).applied  # the calls were answered: in_progress is the run moving on
 
@@ -166,7 +167,7 @@ def test_stream_events_fold_message_and_step_deltas(emulator_server):
     for event in stream:
         if event.name == "thread.message.completed":
             continue  # stop short of the final snapshot: the deltas alone must carry the text
-        sync.apply_event(event.name, event.data, connection="default", seen=Observation("stream", started, T0))
+        upsert.apply_event(event.name, event.data, connection="default", seen=Observation("stream", started, T0))
     message = Message.objects.get(role="assistant")
     streamed = client.list_messages(message.thread.remote_id)["data"][0]["content"][0]["text"]["value"]
     assert message.text == streamed and len(streamed.split()) == 12
@@ -176,7 +177,7 @@ def test_stream_events_fold_message_and_step_deltas(emulator_server):
         {"role": "user", "content": "get_weather for Paris"}]})
     for event in stream:
         if event.name != "thread.run.requires_action":
-            sync.apply_event(event.name, event.data, connection="default", seen=Observation("stream", T0, T0))
+            upsert.apply_event(event.name, event.data, connection="default", seen=Observation("stream", T0, T0))
     step = RunStep.objects.get(type="tool_calls")
     call = step.tool_calls[0]
     assert call["function"]["name"] == "get_weather" and '"city"' in call["function"]["arguments"]
@@ -186,7 +187,7 @@ def test_merge_delta_like_the_sdks():
     snapshot = {"content": [{"type": "text", "text": {"value": "Hel", "annotations": []}}]}
     delta = {"content": [{"index": 0, "type": "text", "text": {"value": "lo"}}, {"index": 1, "type": "text",
                                                                                  "text": {"value": "!"}}]}
-    merged = sync.merge_delta(snapshot, delta)
+    merged = ordering.merge_delta(snapshot, delta)
     assert merged["content"][0] == {"type": "text", "text": {"value": "Hello", "annotations": []}}
     assert merged["content"][1]["text"]["value"] == "!"
 

@@ -1,17 +1,16 @@
 """Who may use the API: active staff users, and for each write the same model permissions as the admin.
 
 Views name what their writes need in ``required_permissions`` (e.g. ``["runs_app.cancel_run"]``); reads
-need staff status only. Sites replace the whole policy with the ``RUNS_APP_API_PERMISSION_CLASSES`` setting
-(dotted paths of DRF permission classes; default ``["runs_app.api.permissions.IsRunsOperator"]``).
+need staff status only. Sites replace the whole policy with ``RUNS_APP["API_PERMISSION_CLASSES"]`` (dotted paths
+of DRF permission classes; default ``["runs_app.api.permissions.IsRunsOperator"]``).
 """
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.utils.module_loading import import_string
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
-DEFAULT_PERMISSION_CLASSES = ["runs_app.api.permissions.IsRunsOperator"]
+from runs_app.conf import app_settings
 
 
 class IsRunsOperator(BasePermission):
@@ -33,5 +32,5 @@ class IsRunsOperator(BasePermission):
 
 
 def api_permission_classes() -> list[type[BasePermission]]:
-    paths = getattr(settings, "RUNS_APP_API_PERMISSION_CLASSES", DEFAULT_PERMISSION_CLASSES)
+    paths = app_settings.API_PERMISSION_CLASSES
     return [import_string(path) for path in paths]

@@ -6,11 +6,13 @@ check the rest (metadata limits, pending tool calls) and the service itself has 
 
 from __future__ import annotations
 
-from django.utils import timezone
+import re
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from runs_app.models import Run, RunEvent, RunStep
+from runs_app.mirror import representation
+from runs_app.models import RunEvent, RunStatus
 
 MAX_INT = 2**31 - 1
 
@@ -19,9 +21,6 @@ MAX_INT = 2**31 - 1
 class UnixTimeField(serializers.Field):
     def __init__(self, **kwargs):
         super().__init__(read_only=True, **kwargs)
-
-    def to_representation(self, value):
-        return int(value.timestamp())
 
 
 @extend_schema_field({"type": "string", "nullable": True})
@@ -35,13 +34,16 @@ class BlankAsNullField(serializers.Field):
         return value or None
 
 
-def _usage(row) -> dict | None:
-    raw = row.raw.get("usage") if isinstance(row.raw, dict) else None
-    if row.total_tokens is None and not isinstance(raw, dict):
-        return None
-    columns = {"prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
-               "total_tokens": row.total_tokens}
-    return {**(raw if isinstance(raw, dict) else {}), **{k: v for k, v in columns.items() if v is not None}}
+def _constant(value: str):
+    """The ``object`` field: always this value."""
+
+    # A pattern, not an enum: drf-spectacular would make one enum component per "object" field, all colliding.
+    @extend_schema_field({"type": "string", "pattern": "^" + re.escape(value) + "$"})
+    class Constant(serializers.Field):
+        def __init__(self):
+            super().__init__(read_only=True)
+
+    return Constant()
 
 
 class UsageSerializer(serializers.Serializer):
@@ -51,6 +53,8 @@ class UsageSerializer(serializers.Serializer):
 
 
 # --- the mirror object --------------------------------------------------------------------------------
+# Output serializers declare the shapes for the schema; every object is made by runs_app.mirror.representation,
+# the one representation of the API, the live pages and the feed.
 
 class MirrorSerializer(serializers.Serializer):
     connection = serializers.CharField(read_only=True, help_text="The RUNS_APP connection the object lives on.")
@@ -65,51 +69,50 @@ class ThreadMirrorSerializer(MirrorSerializer):
 
 
 class RunMirrorSerializer(MirrorSerializer):
-    lag_seconds = serializers.SerializerMethodField(
+    lag_seconds = serializers.FloatField(
+        read_only=True, allow_null=True,
         help_text="Seconds since the last sync while the run is active; null once terminal or never synced.")
     status_changed_at = serializers.DateTimeField(read_only=True, allow_null=True)
     next_poll_at = serializers.DateTimeField(read_only=True, allow_null=True)
     polls = serializers.IntegerField(read_only=True)
-    stuck = serializers.SerializerMethodField(help_text="In queued/in_progress/cancelling longer than STUCK_AFTER.")
+    stuck = serializers.BooleanField(read_only=True, help_text="In queued/in_progress/cancelling longer than "
+                                                               "STUCK_AFTER.")
     stuck_since = serializers.DateTimeField(read_only=True, allow_null=True)
-    expiring = serializers.SerializerMethodField(help_text="Waiting in requires_action close to expires_at.")
+    expiring = serializers.BooleanField(read_only=True, help_text="Waiting in requires_action close to expires_at.")
     answered_call_ids = serializers.ListField(child=serializers.CharField(), read_only=True)
 
-    @extend_schema_field({"type": "number", "nullable": True})
-    def get_lag_seconds(self, run: Run) -> float | None:
-        if run.is_terminal or run.synced_at is None:
-            return None
-        return round((timezone.now() - run.synced_at).total_seconds(), 3)
 
-    def get_stuck(self, run: Run) -> bool:
-        return not run.is_terminal and run.stuck_since is not None
+class RepresentedSerializer(serializers.Serializer):
+    """An output serializer whose objects come from ``representation``: the fields document them."""
 
-    def get_expiring(self, run: Run) -> bool:
-        return run.status == "requires_action" and run.expiring_flagged_at is not None
+    represent = None
+
+    def to_representation(self, instance):
+        return type(self).represent(instance)
 
 
 # --- objects --------------------------------------------------------------------------------------------
 
-class ThreadSerializer(serializers.Serializer):
-    id = serializers.CharField(source="remote_id", read_only=True)
-    object = serializers.SerializerMethodField()
+class ThreadSerializer(RepresentedSerializer):
+    represent = staticmethod(representation.thread_object)
+
+    id = serializers.CharField(read_only=True)
+    object = _constant("thread")
     created_at = UnixTimeField()
     metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
     tool_resources = serializers.JSONField(read_only=True, allow_null=True)
-    mirror = ThreadMirrorSerializer(source="*", read_only=True)
-
-    @extend_schema_field({"type": "string", "pattern": "^thread$"})
-    def get_object(self, _) -> str:
-        return "thread"
+    mirror = ThreadMirrorSerializer(read_only=True)
 
 
-class RunSerializer(serializers.Serializer):
-    id = serializers.CharField(source="remote_id", read_only=True)
-    object = serializers.SerializerMethodField()
+class RunSerializer(RepresentedSerializer):
+    represent = staticmethod(representation.run_object)
+
+    id = serializers.CharField(read_only=True)
+    object = _constant("thread.run")
     created_at = UnixTimeField()
-    thread_id = serializers.CharField(source="thread_remote_id", read_only=True)
+    thread_id = serializers.CharField(read_only=True)
     assistant_id = serializers.CharField(read_only=True)
-    status = serializers.ChoiceField(choices=Run._meta.get_field("status").choices, read_only=True)
+    status = serializers.ChoiceField(choices=RunStatus.choices, read_only=True)
     required_action = serializers.JSONField(read_only=True, allow_null=True)
     last_error = serializers.JSONField(read_only=True, allow_null=True)
     expires_at = UnixTimeField()
@@ -123,7 +126,7 @@ class RunSerializer(serializers.Serializer):
     tools = serializers.ListField(child=serializers.JSONField(), read_only=True)
     tool_resources = serializers.JSONField(read_only=True, allow_null=True)
     metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
-    usage = serializers.SerializerMethodField()
+    usage = UsageSerializer(read_only=True, allow_null=True)
     temperature = serializers.FloatField(read_only=True, allow_null=True)
     top_p = serializers.FloatField(read_only=True, allow_null=True)
     max_prompt_tokens = serializers.IntegerField(read_only=True, allow_null=True)
@@ -132,25 +135,20 @@ class RunSerializer(serializers.Serializer):
     tool_choice = serializers.JSONField(read_only=True, allow_null=True)
     response_format = serializers.JSONField(read_only=True, allow_null=True)
     parallel_tool_calls = serializers.BooleanField(read_only=True, allow_null=True)
-    mirror = RunMirrorSerializer(source="*", read_only=True)
-
-    @extend_schema_field({"type": "string", "pattern": "^thread\\.run$"})
-    def get_object(self, _) -> str:
-        return "thread.run"
-
-    @extend_schema_field(UsageSerializer(allow_null=True))
-    def get_usage(self, run: Run) -> dict | None:
-        return _usage(run)
+    mirror = RunMirrorSerializer(read_only=True)
 
 
-class RunStepSerializer(serializers.Serializer):
-    id = serializers.CharField(source="remote_id", read_only=True)
-    object = serializers.SerializerMethodField()
+class RunStepSerializer(RepresentedSerializer):
+    represent = staticmethod(representation.step_object)
+
+    id = serializers.CharField(read_only=True)
+    object = _constant("thread.run.step")
     created_at = UnixTimeField()
-    run_id = serializers.CharField(source="run.remote_id", read_only=True)
-    assistant_id = serializers.SerializerMethodField()
-    thread_id = serializers.CharField(source="run.thread_remote_id", read_only=True)
-    type = serializers.CharField(read_only=True)
+    run_id = serializers.CharField(read_only=True)
+    assistant_id = serializers.CharField(read_only=True, allow_null=True)
+    thread_id = serializers.CharField(read_only=True)
+    type = serializers.CharField(read_only=True, help_text="message_creation, tool_calls, or a type the service "
+                                                           "added since (e.g. Foundry's activities), kept as is.")
     status = serializers.CharField(read_only=True)
     step_details = serializers.JSONField(read_only=True)
     last_error = serializers.JSONField(read_only=True, allow_null=True)
@@ -159,42 +157,28 @@ class RunStepSerializer(serializers.Serializer):
     failed_at = UnixTimeField()
     completed_at = UnixTimeField()
     metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
-    usage = serializers.SerializerMethodField()
-    mirror = MirrorSerializer(source="*", read_only=True)
-
-    @extend_schema_field({"type": "string", "pattern": "^thread\\.run\\.step$"})
-    def get_object(self, _) -> str:
-        return "thread.run.step"
-
-    @extend_schema_field({"type": "string", "nullable": True})
-    def get_assistant_id(self, step: RunStep) -> str | None:
-        return step.raw.get("assistant_id") or step.run.assistant_id or None
-
-    @extend_schema_field(UsageSerializer(allow_null=True))
-    def get_usage(self, step: RunStep) -> dict | None:
-        return _usage(step)
+    usage = UsageSerializer(read_only=True, allow_null=True)
+    mirror = MirrorSerializer(read_only=True)
 
 
-class MessageSerializer(serializers.Serializer):
-    id = serializers.CharField(source="remote_id", read_only=True)
-    object = serializers.SerializerMethodField()
+class MessageSerializer(RepresentedSerializer):
+    represent = staticmethod(representation.message_object)
+
+    id = serializers.CharField(read_only=True)
+    object = _constant("thread.message")
     created_at = UnixTimeField()
-    thread_id = serializers.CharField(source="thread.remote_id", read_only=True)
-    status = BlankAsNullField()
+    thread_id = serializers.CharField(read_only=True)
+    status = serializers.CharField(read_only=True, allow_null=True)
     incomplete_details = serializers.JSONField(read_only=True, allow_null=True)
     completed_at = UnixTimeField()
     incomplete_at = UnixTimeField()
     role = serializers.CharField(read_only=True)
     content = serializers.ListField(child=serializers.JSONField(), read_only=True)
-    assistant_id = BlankAsNullField()
-    run_id = BlankAsNullField(source="run_remote_id")
+    assistant_id = serializers.CharField(read_only=True, allow_null=True)
+    run_id = serializers.CharField(read_only=True, allow_null=True)
     attachments = serializers.ListField(child=serializers.JSONField(), read_only=True)
     metadata = serializers.DictField(child=serializers.CharField(), read_only=True)
-    mirror = MirrorSerializer(source="*", read_only=True)
-
-    @extend_schema_field({"type": "string", "pattern": "^thread\\.message$"})
-    def get_object(self, _) -> str:
-        return "thread.message"
+    mirror = MirrorSerializer(read_only=True)
 
 
 class OperatorActionSerializer(serializers.Serializer):

@@ -1,6 +1,6 @@
 """API views: parse the request, check the run's state, call one service, answer with the mirror's row.
 
-Writes go through ``runs_app.services`` (or ``runs_app.relay`` for ``"stream": true``) with
+Writes go through ``runs_app.services`` (or ``runs_app.web.relay`` for ``"stream": true``) with
 ``request.user``, so every action is audited like the admin's.
 """
 
@@ -15,14 +15,15 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.filters import OrderingFilter
 from rest_framework.response import Response
 
-from runs_app import relay, services
+from runs_app import services
 from runs_app.api import serializers as api
-from runs_app.api.exceptions import RunStateConflict, api_exception_handler
+from runs_app.api.exceptions import api_exception_handler
 from runs_app.api.filters import MessageFilter, RunFilter
 from runs_app.api.pagination import ProtocolCursorPagination
 from runs_app.api.permissions import api_permission_classes
 from runs_app.conf import app_settings
-from runs_app.models import Message, Run, RunEvent, RunStatus, RunStep, Thread
+from runs_app.models import Message, Run, RunEvent, RunStep, Thread
+from runs_app.web import relay
 
 # --- schema pieces --------------------------------------------------------------------------------------
 
@@ -74,18 +75,14 @@ def connection_param(request) -> str:
     return name
 
 
-def get_thread(thread_id: str) -> Thread:
-    thread = Thread.objects.filter(remote_id=thread_id).order_by("pk").first()
-    if thread is None:
-        raise NotFound(f"Thread {thread_id} is not in the mirror; import it with POST threads/import/.")
-    return thread
+def get_thread(request, thread_id: str) -> Thread:
+    """The mirrored thread (``?connection=`` names one when several connections hold the id; 404, 400 otherwise)."""
+    return Thread.objects.by_remote_id(thread_id, connection=request.query_params.get("connection"))
 
 
-def get_run(run_id: str) -> Run:
-    run = Run.objects.select_related("thread").filter(remote_id=run_id).order_by("pk").first()
-    if run is None:
-        raise NotFound(f"Run {run_id} is not in the mirror; import its thread with POST threads/import/.")
-    return run
+def get_run(request, run_id: str) -> Run:
+    return Run.objects.select_related("thread").by_remote_id(run_id,
+                                                             connection=request.query_params.get("connection"))
 
 
 def validated(serializer_class, request) -> dict:
@@ -109,7 +106,7 @@ def run_response(run: Run, http_status=status.HTTP_200_OK) -> Response:
 
 
 class RunsAPIView(generics.GenericAPIView):
-    """The API's base: its permission policy (``RUNS_APP_API_PERMISSION_CLASSES``) and pagination."""
+    """The API's base: its permission policy (``RUNS_APP["API_PERMISSION_CLASSES"]``) and pagination."""
 
     #: {HTTP method: [model permissions]} the default policy requires on top of staff status.
     required_permissions: dict[str, list[str]] = {}
@@ -169,7 +166,7 @@ class ThreadDetailView(RunsAPIView):
 
     @extend_schema(summary="A thread", parameters=[THREAD_ID], responses={200: api.ThreadSerializer, **READ_ERRORS})
     def get(self, request, thread_id):
-        return Response(api.ThreadSerializer(get_thread(thread_id)).data)
+        return Response(api.ThreadSerializer(get_thread(request, thread_id)).data)
 
 
 class ThreadMessageListCreateView(mixins.ListModelMixin, RunsAPIView):
@@ -182,7 +179,7 @@ class ThreadMessageListCreateView(mixins.ListModelMixin, RunsAPIView):
     def get_queryset(self) -> QuerySet:
         if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the filters' model
             return Message.objects.none()
-        return get_thread(self.kwargs["thread_id"]).messages.select_related("thread")
+        return get_thread(self.request, self.kwargs["thread_id"]).messages.select_related("thread")
 
     @extend_schema(summary="A thread's messages in the mirror: every message of the thread, in its order",
                    parameters=[THREAD_ID, ORDER], responses={200: api.MessageSerializer(many=True), **READ_ERRORS})
@@ -197,7 +194,7 @@ class ThreadMessageListCreateView(mixins.ListModelMixin, RunsAPIView):
                    request=api.MessageCreateRequestSerializer,
                    responses={201: api.MessageSerializer, **WRITE_ERRORS})
     def post(self, request, thread_id):
-        thread = get_thread(thread_id)
+        thread = get_thread(request, thread_id)
         body = validated(api.MessageCreateRequestSerializer, request)
         message = services.message_create(thread=thread, user=request.user, **body)
         return Response(api.MessageSerializer(message).data, status=status.HTTP_201_CREATED)
@@ -209,7 +206,7 @@ class ThreadMessageDetailView(RunsAPIView):
     @extend_schema(summary="A message", parameters=[THREAD_ID, MESSAGE_ID],
                    responses={200: api.MessageSerializer, **READ_ERRORS})
     def get(self, request, thread_id, message_id):
-        message = get_thread(thread_id).messages.select_related("thread").filter(remote_id=message_id).first()
+        message = get_thread(request, thread_id).messages.select_related("thread").filter(remote_id=message_id).first()
         if message is None:
             raise NotFound(f"Message {message_id} of thread {thread_id} is not in the mirror.")
         return Response(api.MessageSerializer(message).data)
@@ -223,7 +220,7 @@ class ThreadRunListCreateView(mixins.ListModelMixin, StreamingRunsAPIView):
     required_permissions = {"POST": ["runs_app.add_run"]}
 
     def get_queryset(self) -> QuerySet:
-        return get_thread(self.kwargs["thread_id"]).runs.select_related("thread")
+        return get_thread(self.request, self.kwargs["thread_id"]).runs.select_related("thread")
 
     @extend_schema(summary="A thread's runs in the mirror, newest first", parameters=[THREAD_ID],
                    responses={200: api.RunSerializer(many=True), **READ_ERRORS})
@@ -234,10 +231,10 @@ class ThreadRunListCreateView(mixins.ListModelMixin, StreamingRunsAPIView):
                    request=api.RunCreateRequestSerializer,
                    responses={201: api.RunSerializer, (200, "text/event-stream"): SSE, **WRITE_ERRORS})
     def post(self, request, thread_id):
-        thread = get_thread(thread_id)
+        thread = get_thread(request, thread_id)
         body = validated(api.RunCreateRequestSerializer, request)
         if body.pop("stream", False):
-            return relay.sse_response(relay.run_create_stream(thread=thread, user=request.user, **body))
+            return relay.sse_response(services.run_create_stream(thread=thread, user=request.user, **body))
         run = services.run_create(thread=thread, user=request.user, **body)
         return run_response(run, status.HTTP_201_CREATED)
 
@@ -254,7 +251,7 @@ class ThreadAndRunCreateView(StreamingRunsAPIView):
         connection = connection_param(request)
         body = validated(api.ThreadAndRunCreateRequestSerializer, request)
         if body.pop("stream", False):
-            return relay.sse_response(relay.thread_and_run_create_stream(connection=connection, user=request.user,
+            return relay.sse_response(services.thread_and_run_create_stream(connection=connection, user=request.user,
                                                                          **body))
         run = services.thread_and_run_create(connection=connection, user=request.user, **body)
         return run_response(run, status.HTTP_201_CREATED)
@@ -281,13 +278,13 @@ class RunDetailView(RunsAPIView):
 
     @extend_schema(summary="A run", parameters=[RUN_ID], responses={200: api.RunSerializer, **READ_ERRORS})
     def get(self, request, run_id):
-        return Response(api.RunSerializer(get_run(run_id)).data)
+        return Response(api.RunSerializer(get_run(request, run_id)).data)
 
     @extend_schema(summary="Replace a run's metadata", parameters=[RUN_ID],
                    request=api.RunMetadataUpdateRequestSerializer,
                    responses={200: api.RunSerializer, **WRITE_ERRORS})
     def patch(self, request, run_id):
-        run = get_run(run_id)
+        run = get_run(request, run_id)
         body = validated(api.RunMetadataUpdateRequestSerializer, request)
         return run_response(services.run_modify_metadata(run=run, metadata=body["metadata"], user=request.user))
 
@@ -299,11 +296,7 @@ class RunCancelView(RunsAPIView):
     @extend_schema(summary="Cancel a run", parameters=[RUN_ID], request=None,
                    responses={200: api.RunSerializer, **WRITE_ERRORS})
     def post(self, request, run_id):
-        run = get_run(run_id)
-        if run.is_terminal or run.status == RunStatus.CANCELLING:
-            raise RunStateConflict(f"Run {run.remote_id} is already {run.status}; it cannot be cancelled.",
-                                   param="run_id")
-        return run_response(services.run_cancel(run=run, user=request.user))
+        return run_response(services.run_cancel(run=get_run(request, run_id), user=request.user))
 
 
 class RunSubmitToolOutputsView(StreamingRunsAPIView):
@@ -314,13 +307,10 @@ class RunSubmitToolOutputsView(StreamingRunsAPIView):
                    request=api.ToolOutputsSubmitRequestSerializer,
                    responses={200: api.RunSerializer, (200, "text/event-stream"): SSE, **WRITE_ERRORS})
     def post(self, request, run_id):
-        run = get_run(run_id)
-        if run.status != RunStatus.REQUIRES_ACTION:
-            raise RunStateConflict(f"Run {run.remote_id} is {run.status}; only a run in requires_action accepts "
-                                   "tool outputs.", param="run_id")
+        run = get_run(request, run_id)
         body = validated(api.ToolOutputsSubmitRequestSerializer, request)
         if body.pop("stream", False):
-            return relay.sse_response(relay.run_submit_tool_outputs_stream(run=run, user=request.user, **body))
+            return relay.sse_response(services.run_submit_tool_outputs_stream(run=run, user=request.user, **body))
         return run_response(services.run_submit_tool_outputs(run=run, user=request.user, **body))
 
 
@@ -331,7 +321,7 @@ class RunRefreshView(RunsAPIView):
     @extend_schema(summary="Fetch a run, its steps and messages from the service now", parameters=[RUN_ID],
                    request=None, responses={200: api.RunSerializer, **WRITE_ERRORS})
     def post(self, request, run_id):
-        return run_response(services.run_refresh(run=get_run(run_id), user=request.user))
+        return run_response(services.run_refresh(run=get_run(request, run_id), user=request.user))
 
 
 class RunStepListView(generics.ListAPIView, RunsAPIView):
@@ -339,7 +329,7 @@ class RunStepListView(generics.ListAPIView, RunsAPIView):
     ordering = "created_at"
 
     def get_queryset(self) -> QuerySet:
-        return get_run(self.kwargs["run_id"]).steps.select_related("run__thread")
+        return get_run(self.request, self.kwargs["run_id"]).steps.select_related("run__thread")
 
     @extend_schema(summary="A run's steps in the mirror, oldest first", parameters=[RUN_ID],
                    responses={200: api.RunStepSerializer(many=True), **READ_ERRORS})
@@ -353,7 +343,8 @@ class RunStepDetailView(RunsAPIView):
     @extend_schema(summary="A run step", parameters=[RUN_ID, STEP_ID],
                    responses={200: api.RunStepSerializer, **READ_ERRORS})
     def get(self, request, run_id, step_id):
-        step = RunStep.objects.select_related("run__thread").filter(run=get_run(run_id), remote_id=step_id).first()
+        run = get_run(request, run_id)
+        step = RunStep.objects.select_related("run__thread").filter(run=run, remote_id=step_id).first()
         if step is None:
             raise NotFound(f"Step {step_id} of run {run_id} is not in the mirror.")
         return Response(api.RunStepSerializer(step).data)
@@ -364,7 +355,8 @@ class RunEventListView(generics.ListAPIView, RunsAPIView):
     ordering = "observed_at"
 
     def get_queryset(self) -> QuerySet:
-        return RunEvent.objects.filter(run=get_run(self.kwargs["run_id"])).select_related("user", "operator_action")
+        run = get_run(self.request, self.kwargs["run_id"])
+        return RunEvent.objects.filter(run=run).select_related("user", "operator_action")
 
     @extend_schema(summary="A run's timeline: status changes and operator actions, oldest first",
                    parameters=[RUN_ID], responses={200: api.RunEventSerializer(many=True), **READ_ERRORS})

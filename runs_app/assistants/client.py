@@ -108,7 +108,8 @@ class AssistantsClient:
 
     def __init__(self, connection: str | None = None, *, settings: dict | None = None, credential=None,
                  rng: Callable[[], float] = random.random, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, max_retries: int | None = None,
+                 connect_timeout: float | None = None, read_timeout: float | None = None):
         self.connection = connection or app_settings.DEFAULT_CONNECTION
         conf = settings if settings is not None else app_settings.connection(self.connection)
         self.kind = conf["KIND"]
@@ -125,11 +126,11 @@ class AssistantsClient:
         else:
             header = "api-key" if self.kind == KIND_AZURE_OPENAI else "authorization"
             self._auth = ApiKeyAuth(conf.get("API_KEY") or "", header=header)
-        self.connect_timeout = float(app_settings.CONNECT_TIMEOUT)
-        self.read_timeout = float(app_settings.READ_TIMEOUT)
-        self.stream_idle_timeout = float(app_settings.STREAM_IDLE_TIMEOUT)
-        self.max_retries = int(app_settings.MAX_RETRIES)
-        self.retry_after_cap = float(app_settings.RETRY_AFTER_CAP)
+        self.connect_timeout = app_settings.CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+        self.read_timeout = app_settings.READ_TIMEOUT if read_timeout is None else read_timeout
+        self.stream_idle_timeout = app_settings.STREAM_IDLE_TIMEOUT
+        self.max_retries = app_settings.MAX_RETRIES if max_retries is None else max_retries
+        self.retry_after_cap = app_settings.RETRY_AFTER_CAP
         self._rng, self._sleep, self._clock = rng, sleep, clock
 
     def __repr__(self) -> str:

@@ -1,11 +1,11 @@
 """``manage.py runs_sync_status [--json]``: what the poller follows and how far behind it is
-(``runs_app.sync_status``), as tables or as JSON."""
+(``runs_app.ops.sync_status``), as tables or as JSON."""
 
 import json
 
 from django.core.management.base import BaseCommand
 
-from runs_app.sync_status import sync_status
+from runs_app.ops.sync_status import sync_status
 
 
 class Command(BaseCommand):

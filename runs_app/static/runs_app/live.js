@@ -415,7 +415,7 @@
         .then(function (response) {
           return response.json().then(function (body) {
             if (!response.ok) { show(el.error, (body.error && body.error.message) || "Cancel failed."); return; }
-            setRun(body.run);
+            setRun(body);
           });
         }, function (err) { show(el.error, "Cancel failed: " + err.message); })
         .then(function () { el.cancel.disabled = false; });

@@ -25,15 +25,15 @@ from collections.abc import Iterator
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
-from runs_app import services, sync
-from runs_app.assistants import AssistantsError, EventStream
-from runs_app.conf import app_settings
-from runs_app.metrics import EVENTS_RELAYED, STREAMS_OPEN
-from runs_app.models import Run, Source, Thread
-from runs_app.services import ActionAudit, get_client, real_user, validate_run_request, validate_tool_outputs
-from runs_app.sync import Observation
+from runs_app import poller, services
+from runs_app.assistants import AssistantsError
+from runs_app.mirror import ordering, upsert
+from runs_app.mirror.ordering import Observation
+from runs_app.models import Run, Source
+from runs_app.ops.metrics import EVENTS_RELAYED, STREAMS_OPEN
+from runs_app.services import OpenedStream
 
-logger = logging.getLogger("runs_app.relay")
+logger = logging.getLogger("runs_app.web.relay")
 
 HEARTBEAT_SECONDS = 15.0
 _END = object()
@@ -55,19 +55,16 @@ class Relay:
     back after each batch of events.
     """
 
-    def __init__(self, stream: EventStream, *, connection: str, audit: ActionAudit | None = None,
-                 heartbeat: float = HEARTBEAT_SECONDS, sync_messages: bool = False):
-        self._stream = stream
-        self._connection = connection
-        self._audit = audit
-        # The create carried messages (the stream never shows a user's): list them once the run exists.
-        self._sync_messages = sync_messages
+    def __init__(self, opened: OpenedStream, *, heartbeat: float = HEARTBEAT_SECONDS):
+        self._opened = opened
+        self._stream = opened.events
+        self._connection = opened.connection
         self._heartbeat = heartbeat
         self._started = timezone.now()
         self._events: queue.Queue = queue.Queue(maxsize=1000)
         self._to_apply: queue.Queue = queue.Queue()
         self._stop = threading.Event()
-        self.run_remote_id: str | None = None
+        self.run_remote_id: str | None = opened.run_remote_id
         self.finished = False
         self.apply_failed = False
         self._details_for: Run | None = None
@@ -199,14 +196,10 @@ class Relay:
     def _apply(self, event, received) -> None:
         self.writes += 1
         seen = Observation(Source.STREAM, self._started, received)
-        row = sync.apply_event(event.name, event.data, connection=self._connection, seen=seen)
-        if isinstance(row, Run) and self.run_remote_id is None:
-            self.run_remote_id = row.remote_id
-            if self._audit is not None:
-                self._audit.action.target = row.remote_id
-                self._audit.succeeded({"stream": True, "run_id": row.remote_id}, run=row, thread=row.thread)
-            if self._sync_messages:
-                services.messages_sync_after_create(row.thread)
+        row = upsert.apply_event(event.name, event.data, connection=self._connection, seen=seen)
+        if isinstance(row, Run):
+            self.run_remote_id = self.run_remote_id or row.remote_id
+            self._opened.run_seen(row)
         if event.name == "thread.run.requires_action" or (
                 event.name.startswith("thread.run.") and isinstance(row, Run) and row.is_terminal):
             self._details_for = row  # fetched once the stream has ended (its last events are not held back)
@@ -231,8 +224,6 @@ class Relay:
             Run.objects.filter(connection=self._connection, remote_id=self.run_remote_id).exclude(
                 status__in=("completed", "failed", "cancelled", "expired", "incomplete")
             ).update(next_poll_at=timezone.now())
-        from runs_app import poller
-
         try:
             poller.ensure_running()
         except Exception as exc:  # never let the hand-over break the response's cleanup
@@ -265,62 +256,21 @@ def _merge_parts(parts: list, more: list) -> list:
         if target is None:
             merged.append(dict(part))
         else:
-            combined = sync.merge_delta({k: v for k, v in target.items() if k != "index"},
+            combined = ordering.merge_delta({k: v for k, v in target.items() if k != "index"},
                                         {k: v for k, v in part.items() if k != "index"})
             target.clear()
             target.update(combined, index=index)
     return merged
 
 
-# --- entry points -----------------------------------------------------------------------------------
-
-def run_create_stream(*, thread: Thread, assistant_id: str, user=None, **fields) -> Relay:
-    validate_run_request(assistant_id, fields)
-    sent = {"assistant_id": assistant_id, "stream": True, **{k: v for k, v in fields.items() if v is not None}}
-    audit = ActionAudit(action="create_run", connection=thread.connection, target=thread.remote_id, user=user,
-                   thread=thread, sent=sent)
-    with audit:
-        stream = get_client(thread.connection).create_run_stream(thread.remote_id, assistant_id=assistant_id,
-                                                                 **fields)
-    return Relay(stream, connection=thread.connection, audit=audit,
-                 sync_messages=bool(fields.get("additional_messages")))
-
-
-def thread_and_run_create_stream(*, assistant_id: str, connection: str | None = None, thread: dict | None = None,
-                                 user=None, **fields) -> Relay:
-    connection = connection or app_settings.DEFAULT_CONNECTION
-    validate_run_request(assistant_id, fields, thread=thread)
-    sent = {"assistant_id": assistant_id, "thread": thread, "stream": True,
-            **{k: v for k, v in fields.items() if v is not None}}
-    audit = ActionAudit(action="create_thread_and_run", connection=connection, target="(new thread)", user=user,
-                   sent=sent)
-    with audit:
-        stream = get_client(connection).create_thread_and_run_stream(assistant_id=assistant_id, thread=thread,
-                                                                     **fields)
-    return Relay(stream, connection=connection, audit=audit, sync_messages=bool((thread or {}).get("messages")))
-
-
-def run_submit_tool_outputs_stream(*, run: Run, tool_outputs: list[dict], user=None) -> Relay:
-    outputs = validate_tool_outputs(run, tool_outputs)
-    audit = ActionAudit(action="submit_tool_outputs", connection=run.connection, target=run.remote_id,
-                   user=real_user(user), run=run, sent={"tool_outputs": outputs, "stream": True})
-    with audit:
-        stream = get_client(run.connection).submit_tool_outputs_stream(run.thread.remote_id, run.remote_id,
-                                                                       tool_outputs=outputs)
-    try:
-        services.mark_answered(run, [o["tool_call_id"] for o in outputs])
-        audit.succeeded({"stream": True, "run_id": run.remote_id}, run=run)
-    except BaseException:
-        stream.close()  # nobody will read it
-        raise
-    relay = Relay(stream, connection=run.connection)  # starts reading: built last
-    relay.run_remote_id = run.remote_id
-    return relay
-
-
-def sse_response(relay: Relay) -> StreamingHttpResponse:
-    """A response that proxies and browsers do not buffer."""
-    response = StreamingHttpResponse(relay, content_type="text/event-stream")  # relay.close() on close
+def event_stream_response(events: Iterator[bytes]) -> StreamingHttpResponse:
+    """Server-sent events as a response that proxies and browsers do not buffer (closing it closes the events)."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def sse_response(opened: OpenedStream) -> StreamingHttpResponse:
+    """Relay a stream a service opened (``Relay.close()`` runs when the response closes)."""
+    return event_stream_response(Relay(opened))

@@ -1,3 +1,5 @@
+"""The operations pages: the configured connections, ``/healthz`` and ``/metrics``."""
+
 import hmac
 
 from django.contrib.admin.views.decorators import staff_member_required
@@ -5,8 +7,12 @@ from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from runs_app.conf import app_settings
+from runs_app.errors import error_body
+from runs_app.ops import health
+from runs_app.ops import metrics as runs_metrics
 
 
 @staff_member_required
@@ -38,8 +44,6 @@ def connection_list(request):
 def healthz(request):
     """Database, broker, each connection's last successful call, the poller: 200 when all are ok, else 503.
     Open to anyone (load balancers); error texts only for staff."""
-    from runs_app import health
-
     user = request.user
     body, status = health.report(details=bool(user.is_authenticated and user.is_active and user.is_staff))
     return JsonResponse(body, status=status)
@@ -50,17 +54,13 @@ def healthz(request):
 def metrics(request):
     """Prometheus metrics: with RUNS_APP["METRICS_TOKEN"] set, for ``Authorization: Bearer <token>``; staff
     users (session) may always read them."""
-    from prometheus_client import CONTENT_TYPE_LATEST
-
-    from runs_app import metrics as runs_metrics
-
     token = app_settings.METRICS_TOKEN
     header = request.META.get("HTTP_AUTHORIZATION", "")
     bearer_ok = bool(token) and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
     user = request.user
     if not (bearer_ok or (user.is_authenticated and user.is_active and user.is_staff)):
-        response = JsonResponse({"error": {"message": "Metrics need a staff session or the metrics bearer token.",
-                                           "code": "forbidden", "param": None, "request_id": None}}, status=403)
+        response = JsonResponse(error_body("Metrics need a staff session or the metrics bearer token.",
+                                           code="forbidden"), status=403)
         if token:
             response["WWW-Authenticate"] = 'Bearer realm="runs_app metrics"'
         return response

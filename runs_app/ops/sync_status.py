@@ -27,7 +27,7 @@ def sync_status(*, now: dt.datetime | None = None) -> dict:
     lags = sorted((now - synced).total_seconds() for synced in
                   active.filter(synced_at__isnull=False).values_list("synced_at", flat=True))
     # A lane whose heartbeat is older than this is dead, and started again (poller.lane_stale_before).
-    stale_after = float(app_settings.LANE_STALE_AFTER)
+    stale_after = app_settings.LANE_STALE_AFTER
     discovering = set(app_settings.connections_discovering_threads())
     return {
         "now": now.isoformat(),

@@ -4,10 +4,10 @@ Checks, each ``ok`` or not, with the HTTP status 200 when all are ok and 503 oth
 
 - ``database``: one query.
 - ``broker``: the django-q2 broker answers a ping (Redis, or the ORM broker's database).
-- ``connections``: for each configured connection, its last successful and last failed call (recorded by the
-  poller and by this check). A connection is failing when its last call failed. When it made no call for
-  ``HEALTH_PROBE_AFTER`` seconds (nothing to poll), this check makes one cheap call itself (list one
-  assistant, no retries, short timeout) at most that often, so a dead service is noticed even when idle.
+- ``connections``: for each configured connection, its last successful and last failed call, as recorded by the
+  poller. A connection is failing when its last call failed. One that made no call for ``HEALTH_PROBE_AFTER``
+  seconds (nothing to poll) is probed by the poll lanes (one cheap call, no retries, short timeouts), so a dead
+  service is noticed even when idle — and this page never calls the service itself.
 - ``poller``: the poll lanes' heartbeats; stalled when runs are active and no lane beat within
   ``2 × LANE_STALE_AFTER`` s (a live lane beats every fifth of ``LANE_STALE_AFTER``, and the lane watcher
   starts a lane silent for ``LANE_STALE_AFTER`` again: silence for twice that means nothing restarted it).
@@ -18,20 +18,14 @@ Anonymous callers (load balancers) get each check's status; staff users also get
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import threading
-import time
 
 from django.db import connection as db
 from django.db.models import Max
 from django.utils import timezone
+from django_q.brokers import get_broker
 
 from runs_app.conf import app_settings
-
-logger = logging.getLogger("runs_app.health")
-
-_probe_lock = threading.Lock()
-_last_probe: dict[str, float] = {}
+from runs_app.models import ConnectionState, PollerLane, Run
 
 
 def _iso(value):
@@ -50,8 +44,6 @@ def check_database() -> dict:
 
 def check_broker() -> dict:
     try:
-        from django_q.brokers import get_broker
-
         broker = get_broker()
         ok = bool(broker.ping())
         return {"ok": ok, "broker": type(broker).__name__} | ({} if ok else {"error": "the broker did not answer"})
@@ -59,60 +51,35 @@ def check_broker() -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _probe(name: str) -> None:
-    """One cheap call to the service, recorded like the poller's calls."""
-    from runs_app import poller
-    from runs_app.assistants import AssistantsClient, AssistantsError
-
-    try:
-        client = AssistantsClient(name)
-        client.max_retries, client.connect_timeout, client.read_timeout = 0, 2.0, 5.0
-        client.list_assistants(limit=1)
-        poller._record(name, ok=True)
-    except AssistantsError as exc:
-        poller._record(name, error=str(exc))
-    except Exception as exc:  # a bug in the probe must not break the health page
-        logger.warning("health probe of %s failed: %s", name, exc)
-        poller._record(name, error=f"{type(exc).__name__}: {exc}")
-
-
 def check_connections(database_ok: bool) -> dict:
-    from runs_app.models import ConnectionState
-
+    """Each connection's last call, as the poller recorded it (an idle connection is probed by the lanes every
+    ``HEALTH_PROBE_AFTER`` seconds): failing when its last call failed, unknown — and not ok — before any call."""
     out = {}
     now = timezone.now()
-    probe_after = float(app_settings.HEALTH_PROBE_AFTER)
+    names = list(app_settings.CONNECTIONS)
+    states = {s.connection: s for s in ConnectionState.objects.filter(connection__in=names)} if database_ok else {}
     for name in app_settings.CONNECTIONS:
-        state = ConnectionState.objects.filter(connection=name).first() if database_ok else None
-        last_call = max([t for t in (state and state.last_success_at, state and state.last_error_at) if t],
-                        default=None)
-        if database_ok and (last_call is None or (now - last_call).total_seconds() >= probe_after):
-            with _probe_lock:  # one probe per connection and process at a time, at most every probe_after s
-                due = time.monotonic() - _last_probe.get(name, -1e9) >= probe_after
-                if due:
-                    _last_probe[name] = time.monotonic()
-            if due:
-                _probe(name)
-                state = ConnectionState.objects.filter(connection=name).first()
+        state = states.get(name)
         success = state.last_success_at if state else None
         failure = state.last_error_at if state else None
         failing = failure is not None and (success is None or failure > success)
+        error = state.last_error if state and failing else ""
+        if success is None and failure is None:
+            error = "no call recorded yet: the poll lanes probe an idle connection every HEALTH_PROBE_AFTER seconds"
         out[name] = {"ok": database_ok and not failing and success is not None,
                      "last_success_at": _iso(success), "last_error_at": _iso(failure),
                      "paused_until": _iso(state.paused_until if state and state.paused_until
                                           and state.paused_until > now else None),
-                     "error": (state.last_error if state and failing else "")}
+                     "error": error}
     return out
 
 
 def check_poller(database_ok: bool) -> dict:
-    from runs_app.models import PollerLane, Run
-
     if not database_ok:
         return {"ok": False, "error": "the database is unavailable"}
     active = Run.objects.active().count()
     beat = PollerLane.objects.aggregate(m=Max("heartbeat_at"))["m"]
-    limit = 2 * float(app_settings.LANE_STALE_AFTER)
+    limit = 2 * app_settings.LANE_STALE_AFTER
     stalled = active > 0 and (beat is None or (timezone.now() - beat) > dt.timedelta(seconds=limit))
     return {"ok": not stalled, "active_runs": active, "last_heartbeat_at": _iso(beat)} | (
         {"error": f"{active} active runs and no poll lane beat within {limit:g} s"} if stalled else {})

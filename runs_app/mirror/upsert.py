@@ -1,18 +1,9 @@
 """The one upsert: applies a remote object from any source (poll, list page, stream event, action response).
 
-Each ``apply_*`` runs in a transaction under a row lock and is idempotent. Ordering rules (runs):
-
-1. A terminal run never reverts; a payload of the same terminal status may refresh its fields.
-2. Happens-before from request timing: a payload whose request was sent after the stored state's
-   answer arrived is newer and wins; one whose answer arrived before the stored state's request was
-   sent is older and is ignored.
-3. Concurrent observations (overlapping request windows) are ordered by lifecycle rank
-   (queued < in_progress < requires_action < cancelling < terminal), except that
-   ``requires_action → queued/in_progress`` (after tool outputs) is accepted once the pending calls are
-   known to be answered, and a ``requires_action`` for calls already answered is stale.
-
-The protocol has no version numbers or update timestamps, so timing and rank are all there is; a
-non-terminal run keeps being polled, so any wrong guess in case 3 is corrected by the next poll.
+Each ``apply_*`` runs in a transaction under a row lock and is idempotent; which observation wins is decided by
+the pure rules of ``runs_app.mirror.ordering``. The upsert reports, it never calls upward: a run that needs
+polling is announced with the ``polling_needed`` signal after commit (the poller listens), status changes with
+the public signals of ``runs_app.signals``.
 """
 
 from __future__ import annotations
@@ -25,6 +16,18 @@ from django.utils import timezone
 
 from runs_app import signals
 from runs_app.conf import app_settings
+from runs_app.mirror.ordering import (
+    MESSAGE_TERMINAL,
+    WRITING_RUN_STATUSES,
+    Observation,
+    call_ids,
+    merge_delta,
+    run_payload_is_newer,
+    simple_is_newer,
+    text_of,
+    ts,
+    without_nul,
+)
 from runs_app.models import (
     TERMINAL_RUN_STATUSES,
     TERMINAL_STEP_STATUSES,
@@ -36,28 +39,6 @@ from runs_app.models import (
     RunStep,
     Thread,
 )
-
-RUN_RANK = {
-    RunStatus.QUEUED: 0,
-    RunStatus.IN_PROGRESS: 1,
-    RunStatus.REQUIRES_ACTION: 2,
-    RunStatus.CANCELLING: 3,
-}
-TERMINAL_RANK = 4
-
-
-@dataclass(frozen=True)
-class Observation:
-    """When a payload was observed: its request was sent at ``sent`` and answered at ``received``."""
-
-    source: str
-    sent: dt.datetime
-    received: dt.datetime
-
-    @classmethod
-    def now(cls, source: str, sent: dt.datetime | None = None) -> Observation:
-        received = timezone.now()
-        return cls(source, sent or received, received)
 
 
 @dataclass(frozen=True)
@@ -73,58 +54,6 @@ class Applied:
     def status_changed(self) -> bool:
         return self.applied and self.old_status != getattr(self.row, "status", None)
 
-
-def without_nul(value):
-    """The value with U+0000 replaced by U+FFFD: PostgreSQL stores no NUL in text or jsonb, and remote
-    objects (model output, echoed input) may carry one. Applied to everything the mirror stores."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {without_nul(k): without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_nul(v) for v in value]
-    return value
-
-
-def ts(value) -> dt.datetime | None:
-    """The protocol's Unix seconds as an aware datetime (None stays None)."""
-    if value is None or value == "":
-        return None
-    return dt.datetime.fromtimestamp(int(value), tz=dt.UTC)
-
-
-def run_rank(status: str) -> int:
-    return TERMINAL_RANK if status in TERMINAL_RUN_STATUSES else RUN_RANK.get(status, 0)
-
-
-def call_ids(required_action) -> set[str]:
-    calls = ((required_action or {}).get("submit_tool_outputs") or {}).get("tool_calls") or []
-    return {c.get("id") for c in calls if c.get("id")}
-
-
-def run_payload_is_newer(*, current_status: str, current_calls: set[str], answered: set[str],
-                         current_from, current_to, incoming: dict, seen: Observation) -> bool:
-    """The ordering rules above, as a pure function (tested with hypothesis)."""
-    new_status = incoming.get("status")
-    if current_status in TERMINAL_RUN_STATUSES:
-        if new_status != current_status:
-            return False  # rule 1
-        return current_from is None or seen.received >= current_from
-    if new_status in TERMINAL_RUN_STATUSES:
-        return True
-    if current_to is not None and seen.sent > current_to:
-        return True  # rule 2: newer
-    if current_from is not None and seen.received < current_from:
-        return False  # rule 2: older
-    new_calls = call_ids(incoming.get("required_action"))
-    if new_status == RunStatus.REQUIRES_ACTION and new_calls and new_calls <= answered:
-        return False  # rule 3: waits for calls already answered
-    if current_status == RunStatus.REQUIRES_ACTION and new_status in (RunStatus.QUEUED, RunStatus.IN_PROGRESS):
-        return bool(current_calls) and current_calls <= answered
-    return run_rank(new_status) >= run_rank(current_status)
-
-
-# --- threads ----------------------------------------------------------------------------------------
 
 def apply_thread(payload: dict, *, connection: str, seen: Observation) -> Applied:
     payload = without_nul(payload)
@@ -149,16 +78,16 @@ def thread_stub(connection: str, remote_id: str) -> Thread:
 
 
 def _thread_defaults() -> dict:
-    return {"next_discovery_at": timezone.now() + dt.timedelta(seconds=float(app_settings.DISCOVERY_INTERVAL))}
+    return {"next_discovery_at": timezone.now() + dt.timedelta(seconds=app_settings.DISCOVERY_INTERVAL)}
 
-
-# --- runs -------------------------------------------------------------------------------------------
 
 RUN_FIELDS = (
     "assistant_id", "required_action", "last_error", "incomplete_details", "model", "tool_resources",
     "tool_choice", "response_format", "truncation_strategy", "temperature", "top_p", "max_prompt_tokens",
     "max_completion_tokens", "parallel_tool_calls",
 )
+
+
 RUN_TIMES = ("created_at", "started_at", "expires_at", "cancelled_at", "failed_at", "completed_at")
 
 
@@ -192,13 +121,13 @@ def apply_run(payload: dict, *, connection: str, seen: Observation, user=None) -
             if new_status != RunStatus.REQUIRES_ACTION:
                 run.expiring_flagged_at = None
         if run.expiring_flagged_at and run.expires_at and run.expires_at > seen.received + dt.timedelta(
-                seconds=float(app_settings.EXPIRING_WITHIN)):
+                seconds=app_settings.EXPIRING_WITHIN):
             run.expiring_flagged_at = None  # Foundry moves expires_at (far later while requires_action)
         if new_status in TERMINAL_RUN_STATUSES:
             run.next_poll_at = None
         elif created or run.next_poll_at is None:
             run.next_poll_at = seen.received  # the poller takes it from here
-            transaction.on_commit(_wake_poller)
+            transaction.on_commit(_announce_polling_needed)
         run.save()
         if changed:
             RunEvent.objects.create(run=run, kind=RunEvent.Kind.STATUS, from_status=old_status or "",
@@ -228,20 +157,12 @@ def _fill_run(run: Run, payload: dict) -> None:
     run.total_tokens = usage.get("total_tokens")
 
 
-def _wake_poller() -> None:
-    from runs_app import poller
-
-    poller.wake()
-
-
 def _send_status_signals(run: Run, old_status: str | None, new_status: str, source: str) -> None:
     signals.run_status_changed.send(sender=Run, run=run, old_status=old_status, new_status=new_status,
                                     source=source)
     if new_status == RunStatus.REQUIRES_ACTION:
         signals.run_requires_action.send(sender=Run, run=run)
 
-
-# --- run steps --------------------------------------------------------------------------------------
 
 STEP_TIMES = ("created_at", "cancelled_at", "failed_at", "completed_at")
 
@@ -258,7 +179,7 @@ def apply_step(payload: dict, *, connection: str, seen: Observation) -> Applied:
         )
         old_status = None if created else step.status
         new_status = payload.get("status") or step.status
-        if not created and not _simple_is_newer(old_status, new_status, TERMINAL_STEP_STATUSES, step, seen):
+        if not created and not simple_is_newer(old_status, new_status, TERMINAL_STEP_STATUSES, step, seen):
             return Applied(step, False, False, old_status)
         step.raw = payload
         step.type = payload.get("type") or step.type
@@ -312,11 +233,6 @@ def _mark_answered(run: Run, ids: set[str]) -> None:
         locked.save(update_fields=["answered_call_ids"])
 
 
-# --- messages ---------------------------------------------------------------------------------------
-
-MESSAGE_TERMINAL = frozenset({MessageStatus.COMPLETED, MessageStatus.INCOMPLETE})
-
-
 def apply_message(payload: dict, *, connection: str, seen: Observation, position: int | None = None) -> Applied:
     """Apply a message object; ``position`` is its place in the thread when it comes from a listing of the
     thread (it orders messages of the same second), kept whether or not the payload is newer."""
@@ -337,11 +253,11 @@ def apply_message(payload: dict, *, connection: str, seen: Observation, position
             run = message.run if message.run_id else Run.objects.filter(connection=connection,
                                                                        remote_id=payload["run_id"]).first()
         new_status = payload.get("status") or _implied_message_status(run, old_status)
-        if not created and not _simple_is_newer(old_status or MessageStatus.IN_PROGRESS, new_status,
+        if not created and not simple_is_newer(old_status or MessageStatus.IN_PROGRESS, new_status,
                                                 MESSAGE_TERMINAL, message, seen):
             return Applied(message, False, False, old_status)
         if (not created and new_status == old_status == MessageStatus.IN_PROGRESS
-                and len(_text_of(payload.get("content"))) < len(message.text)):
+                and len(text_of(payload.get("content"))) < len(message.text)):
             return Applied(message, False, False, old_status)  # deltas already folded more text
         message.raw = payload
         message.role = payload.get("role") or message.role
@@ -369,10 +285,6 @@ def _implied_message_status(run: Run | None, old_status: str | None) -> str:
     return old_status if old_status in MESSAGE_TERMINAL else MessageStatus.COMPLETED
 
 
-#: While its run is in one of these, a message of the run may still grow.
-WRITING_RUN_STATUSES = frozenset({RunStatus.QUEUED, RunStatus.IN_PROGRESS, RunStatus.CANCELLING})
-
-
 def apply_message_delta(payload: dict, *, connection: str, seen: Observation) -> Message | None:
     """Fold a ``thread.message.delta``: blocks merged by index, text values concatenated."""
     payload = without_nul(payload)
@@ -393,39 +305,6 @@ def apply_message_delta(payload: dict, *, connection: str, seen: Observation) ->
     return message
 
 
-def merge_delta(snapshot, delta):
-    """Merge a streamed delta into a snapshot the way the SDKs do: strings concatenated, dicts merged,
-    lists of indexed items merged by ``index``, other values replaced."""
-    if isinstance(snapshot, dict) and isinstance(delta, dict):
-        merged = dict(snapshot)
-        for key, value in delta.items():
-            if key in ("index", "type", "id") or key not in merged:
-                merged[key] = value  # identifiers are replaced, never concatenated (as openai-python does)
-            else:
-                merged[key] = merge_delta(merged[key], value)
-        return merged
-    if isinstance(snapshot, str) and isinstance(delta, str):
-        return snapshot + delta
-    if isinstance(snapshot, list) and isinstance(delta, list):
-        merged = list(snapshot)
-        for item in delta:
-            if isinstance(item, dict) and "index" in item:
-                index = item["index"]
-                while len(merged) <= index:
-                    merged.append({})
-                merged[index] = merge_delta(merged[index], {k: v for k, v in item.items() if k != "index"})
-            else:
-                merged.append(item)
-        return merged
-    return delta if delta is not None else snapshot
-
-
-def _text_of(content) -> str:
-    return "".join(b.get("text", {}).get("value", "") for b in content or [] if isinstance(b, dict))
-
-
-# --- stream events ----------------------------------------------------------------------------------
-
 def apply_event(name: str, data, *, connection: str, seen: Observation):
     """Apply one stream event to the mirror. Returns the affected row (None for events that carry none)."""
     if not isinstance(data, dict):
@@ -443,20 +322,6 @@ def apply_event(name: str, data, *, connection: str, seen: Observation):
     if name.startswith("thread.message."):
         return apply_message(data, connection=connection, seen=seen).row
     return None
-
-
-# --- helpers ----------------------------------------------------------------------------------------
-
-def _simple_is_newer(old_status, new_status, terminal, row, seen: Observation) -> bool:
-    """Steps and messages: terminal never reverts, then happens-before, then rank."""
-    if old_status in terminal:
-        return new_status == old_status and (row.observed_from is None or seen.received >= row.observed_from)
-    if new_status in terminal:
-        return True
-    if row.observed_to is not None and seen.sent > row.observed_to:
-        return True
-    # Older: ignore. Both in progress and concurrent: take it (content is compared by the caller).
-    return not (row.observed_from is not None and seen.received < row.observed_from)
 
 
 def _run_for(connection: str, payload: dict) -> Run | None:
@@ -481,3 +346,7 @@ def _locked_get_or_create(model, connection: str, remote_id: str, *, defaults: d
             return model.objects.create(connection=connection, remote_id=remote_id, **defaults), True
     except IntegrityError:
         return query.get(connection=connection, remote_id=remote_id), False
+
+
+def _announce_polling_needed() -> None:
+    signals.polling_needed.send(sender=Run)

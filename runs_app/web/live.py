@@ -9,8 +9,8 @@
 
 Active staff only (pages redirect to the admin login, the endpoints the page's script calls answer 403 JSON);
 every POST is CSRF-protected here, whatever the site's middleware, and needs the admin's model permission
-for what it does. Errors are JSON ``{"error": {"message", "code", "param", "request_id"}}``: 400 with the
-field for bad input, the service's own status, message and request id for its refusals, 502 when it fails.
+for what it does. Errors are the API's (``runs_app.errors``): the same body and status for the same error.
+Cancel answers the run as the API does (``runs_app.mirror.representation``).
 Model output is rendered as text (template autoescaping, ``textContent`` in ``live.js``), never as HTML.
 """
 
@@ -27,19 +27,30 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
-from runs_app import relay, services
-from runs_app.assistants import APIStatusError, AssistantsError
-from runs_app.feed import MirrorFeed, run_object
-from runs_app.models import Message, Run, Thread
+from runs_app import errors, services
+from runs_app.mirror.representation import run_object
+from runs_app.models import AmbiguousRemoteId, Message, Run, Thread
+from runs_app.web import relay
+from runs_app.web.feed import MirrorFeed
 
 ID_HELP = "Ids look like thread_abc123 / run_abc123."
 
 
 # --- access -------------------------------------------------------------------------------------------
 
-def _error(status: int, message: str, *, code: str, param: str | None = None, request_id: str | None = None):
-    return JsonResponse({"error": {"message": message, "code": code, "param": param, "request_id": request_id}},
-                        status=status)
+def _error(status: int, message: str, *, code: str, param: str | None = None):
+    return JsonResponse(errors.error_body(message, code=code, param=param), status=status)
+
+
+def _error_response(exc: Exception) -> JsonResponse | None:
+    """The one mapping of every door (``runs_app.errors``), as JSON."""
+    answer = errors.answer_for(exc)
+    if answer is None:
+        return None
+    response = JsonResponse(answer.body, status=answer.status)
+    for name, value in answer.headers.items():
+        response[name] = value
+    return response
 
 
 def staff_endpoint(*perms: str):
@@ -64,38 +75,17 @@ def staff_endpoint(*perms: str):
     return decorator
 
 
-def _service_error(exc: AssistantsError) -> JsonResponse:
-    """The service's refusal with its own status, message and request id; its failures as 502."""
-    if isinstance(exc, APIStatusError) and 400 <= exc.status < 500 and exc.status not in (401, 403):
-        response = _error(exc.status, exc.message, code=exc.code or "service_error", param=exc.param,
-                          request_id=exc.request_id)
-        if exc.status == 429 and getattr(exc, "retry_after", None):
-            response["Retry-After"] = str(int(exc.retry_after + 0.999))
-        return response
-    return _error(502, f"The service failed: {exc}", code="service_unavailable",
-                  request_id=getattr(exc, "request_id", None))
-
-
-def _validation_error(exc: ValidationError) -> JsonResponse:
-    errors = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
-    field, messages = next(iter(errors.items()))
-    return _error(400, f"{field}: {' '.join(messages)}", code="invalid", param=field)
-
-
 def _lookup(model, remote_id: str, request):
     """The mirror row with this remote id (``?connection=`` picks one when several connections have it)."""
-    rows = model.objects.filter(remote_id=remote_id)
-    connection = request.GET.get("connection") or request.POST.get("connection")
-    if connection:
-        rows = rows.filter(connection=connection)
-    if model is Run:
-        rows = rows.select_related("thread")
-    found = list(rows[:2])
-    if not found:
-        raise Http404(f"{remote_id} is not in the mirror. Import its thread from the admin first. {ID_HELP}")
-    if len(found) > 1:
-        raise Http404(f"{remote_id} exists on several connections; add ?connection=NAME.")
-    return found[0]
+    rows = model.objects.select_related("thread") if model is Run else model.objects
+    return rows.by_remote_id(remote_id, connection=request.GET.get("connection") or request.POST.get("connection"))
+
+
+def _page_row(model, remote_id: str, request):
+    try:
+        return _lookup(model, remote_id, request)
+    except (model.DoesNotExist, AmbiguousRemoteId) as exc:
+        raise Http404(f"{exc} {ID_HELP}") from exc
 
 
 def _admin_url(name: str, *args) -> str | None:
@@ -130,22 +120,10 @@ def _live_urls() -> dict:
     }
 
 
-def _assistant_choices(thread: Thread) -> tuple[list[dict], str | None]:
-    """The service's assistants (first page), else the ones this mirror has seen run on the connection."""
-    try:
-        page = services.get_client(thread.connection).list_assistants(limit=100)
-        return [{"id": a["id"], "name": a.get("name") or "", "model": a.get("model") or ""}
-                for a in page.get("data", [])], None
-    except AssistantsError as exc:
-        seen = (Run.objects.filter(connection=thread.connection).exclude(assistant_id="")
-                .values_list("assistant_id", flat=True).distinct()[:100])
-        return [{"id": a, "name": "", "model": ""} for a in seen], f"Could not list the service's assistants: {exc}"
-
-
 @staff_member_required
 @require_GET
 def thread_live(request, thread_id: str):
-    thread = _lookup(Thread, thread_id, request)
+    thread = _page_row(Thread, thread_id, request)
     if not request.user.has_perm("runs_app.view_thread"):
         raise Http404("You may not view threads.")
     runs = list(thread.runs.order_by("-created_at", "-id")[:20])
@@ -155,7 +133,7 @@ def thread_live(request, thread_id: str):
     if current is not None:  # the current run's messages are shown (and grow) in the live panel
         run_messages = list(messages.filter(run_remote_id=current.remote_id))
         messages = messages.exclude(run_remote_id=current.remote_id)
-    assistants, assistants_error = _assistant_choices(thread)
+    assistants, assistants_error = services.assistant_choices(thread.connection)
     last_assistant = next((r.assistant_id for r in runs if r.assistant_id), "")
     return render(request, "runs_app/live_thread.html", {
         "title": f"Thread {thread.remote_id} — live", "thread": thread, "messages": list(messages), "runs": runs,
@@ -171,7 +149,7 @@ def thread_live(request, thread_id: str):
 @staff_member_required
 @require_GET
 def run_live(request, run_id: str):
-    run = _lookup(Run, run_id, request)
+    run = _page_row(Run, run_id, request)
     if not request.user.has_perm("runs_app.view_run"):
         raise Http404("You may not view runs.")
     messages = Message.objects.filter(thread=run.thread).exclude(run_remote_id=run.remote_id).filter(
@@ -191,22 +169,24 @@ def run_live(request, run_id: str):
 # --- endpoints the page's script calls ----------------------------------------------------------------------
 
 def on_mirror_row(model, param: str):
-    """Passes the mirror row named by the URL's ``param`` instead of its id, and answers the errors as JSON:
-    404 when the row is not in the mirror, 400 for bad input, the service's own status for its refusals."""
+    """Passes the mirror row named by the URL's ``param`` instead of its id, and answers every error the layers
+    below raise as the API does (``runs_app.errors``): 404 when the row is not in the mirror, 400 for bad input,
+    409 for a run not in the state the action needs, the service's own status for its refusals."""
 
     def decorator(view):
         @wraps(view)
         def wrapped(request, **kwargs):
             try:
                 row = _lookup(model, kwargs.pop(param), request)
-            except Http404 as exc:
-                return _error(404, str(exc), code="not_found", param=param)
+            except model.DoesNotExist as exc:
+                return _error(404, f"{exc} {ID_HELP}", code="not_found", param=param)
             try:
                 return view(request, row)
-            except ValidationError as exc:
-                return _validation_error(exc)
-            except AssistantsError as exc:
-                return _service_error(exc)
+            except Exception as exc:
+                response = _error_response(exc)
+                if response is None:
+                    raise
+                return response
 
         return wrapped
 
@@ -217,7 +197,7 @@ def on_mirror_row(model, param: str):
 @staff_endpoint("runs_app.view_run")
 @on_mirror_row(Run, "run_id")
 def run_events(request, run: Run):
-    return _sse(MirrorFeed(run))
+    return relay.event_stream_response(MirrorFeed(run))
 
 
 @require_POST
@@ -231,15 +211,10 @@ def thread_live_runs(request, thread: Thread):
     instructions = str(data.get("instructions") or "").strip() or None
     services.validate_run_request(assistant_id, {})
     services.validate_message({"role": "user", "content": content})
-    active = thread.runs.active().order_by("-created_at").first()
-    if active is not None:
-        raise ValidationError({"thread_id": [
-            f"Run {active.remote_id} is still {active.status} on this thread; watch or cancel it first."]})
     # The message goes inside the create-run request: a refused run leaves nothing on the thread.
-    stream = relay.run_create_stream(thread=thread, assistant_id=assistant_id, user=request.user,
-                                     instructions=instructions,
-                                     additional_messages=[{"role": "user", "content": content}])
-    return _sse(stream)
+    return relay.sse_response(services.run_create_stream(
+        thread=thread, assistant_id=assistant_id, user=request.user, instructions=instructions,
+        additional_messages=[{"role": "user", "content": content}]))
 
 
 @require_POST
@@ -252,7 +227,8 @@ def run_live_tool_outputs(request, run: Run):
     if outputs is None:  # a plain form: one field per call, named by its id
         outputs = [{"tool_call_id": c["id"], "output": data.get(c["id"], "")} for c in run.pending_tool_calls
                    if c.get("id") in data]
-    return _sse(relay.run_submit_tool_outputs_stream(run=run, tool_outputs=outputs, user=request.user))
+    return relay.sse_response(services.run_submit_tool_outputs_stream(run=run, tool_outputs=outputs,
+                                                                     user=request.user))
 
 
 @require_POST
@@ -260,9 +236,5 @@ def run_live_tool_outputs(request, run: Run):
 @staff_endpoint("runs_app.cancel_run")
 @on_mirror_row(Run, "run_id")
 def run_live_cancel(request, run: Run):
-    return JsonResponse({"run": run_object(services.run_cancel(run=run, user=request.user))})
-
-
-def _sse(iterable):
-    return relay.sse_response(iterable)
+    return JsonResponse(run_object(services.run_cancel(run=run, user=request.user)))
 

@@ -28,44 +28,17 @@ from collections.abc import Iterator
 from django.db.models import Q
 from django.utils import timezone
 
-from runs_app.metrics import STREAMS_OPEN
+from runs_app import poller
+from runs_app.mirror.representation import message_object, run_object, step_object
 from runs_app.models import Message, Run, RunStep
+from runs_app.ops.metrics import STREAMS_OPEN
+from runs_app.services import details_marker
 
-logger = logging.getLogger("runs_app.feed")
+logger = logging.getLogger("runs_app.web.feed")
 
 TICK_SECONDS = 0.25
 HEARTBEAT_SECONDS = 15.0
 SETTLE_SECONDS = 10.0
-
-
-def _ts(value) -> int | None:
-    return int(value.timestamp()) if value else None
-
-
-def run_object(run: Run) -> dict:
-    """The run as the protocol shapes it, with the mirror's columns (the truth it holds) over its raw object."""
-    return {
-        **(run.raw or {}),
-        "id": run.remote_id, "object": "thread.run", "thread_id": run.thread_remote_id,
-        "assistant_id": run.assistant_id, "status": run.status,
-        "required_action": run.required_action if run.status == "requires_action" else None,
-        "last_error": run.last_error, "incomplete_details": run.incomplete_details,
-        "created_at": _ts(run.created_at), "started_at": _ts(run.started_at), "completed_at": _ts(run.completed_at),
-        "cancelled_at": _ts(run.cancelled_at), "failed_at": _ts(run.failed_at), "expires_at": _ts(run.expires_at),
-        "metadata": run.metadata,
-    }
-
-
-def step_object(step: RunStep, run: Run) -> dict:
-    return {**(step.raw or {}), "id": step.remote_id, "object": "thread.run.step", "run_id": run.remote_id,
-            "type": step.type, "status": step.status, "step_details": step.step_details, "last_error": step.last_error,
-            "created_at": _ts(step.created_at), "completed_at": _ts(step.completed_at)}
-
-
-def message_object(message: Message) -> dict:
-    return {**(message.raw or {}), "id": message.remote_id, "object": "thread.message", "role": message.role,
-            "status": message.status or "completed", "content": message.content, "run_id": message.run_remote_id,
-            "assistant_id": message.assistant_id, "created_at": _ts(message.created_at)}
 
 
 def sse(name: str, data) -> bytes:
@@ -86,16 +59,14 @@ class MirrorFeed:
 
     def __iter__(self) -> Iterator[bytes]:
         # The database connection is closed by Django when the response closes (request_finished).
-        from runs_app.services import details_marker
-
         self._hurry_poller()
         STREAMS_OPEN.inc()
         try:
-            yield from self._feed(details_marker)
+            yield from self._feed()
         finally:
             STREAMS_OPEN.dec()
 
-    def _feed(self, details_marker) -> Iterator[bytes]:
+    def _feed(self) -> Iterator[bytes]:
         yield b"retry: 2000\n\n"
         last_sent = time.monotonic()
         terminal_since: float | None = None
@@ -128,8 +99,6 @@ class MirrorFeed:
         """A watched run is polled now, not at its (possibly slow) next turn."""
         updated = Run.objects.active().filter(pk=self.run_pk).update(next_poll_at=timezone.now())
         if updated:
-            from runs_app import poller
-
             try:
                 poller.wake()
             except Exception as exc:  # a feed must open even if the broker is down
@@ -139,7 +108,7 @@ class MirrorFeed:
         """Events for what differs from what this feed already sent (compared by content: a poll that found
         nothing new rewrites timestamps, not the objects)."""
         out: list[bytes] = []
-        run_event = sse(f"thread.run.{run.status}", run_object(run))
+        run_event = sse(f"thread.run.{run.status}", run_object(run, mirror=False))
         if run_event == self._run_seen:
             run_event = None
         else:
@@ -147,13 +116,14 @@ class MirrorFeed:
         if run_event and not run.is_terminal:
             out.append(run_event)  # the new status first, then what came with it
         for step in RunStep.objects.filter(run_id=run.pk).order_by("created_at", "id"):
-            event = sse(f"thread.run.step.{step.status}", step_object(step, run))
+            step.run = run
+            event = sse(f"thread.run.step.{step.status}", step_object(step, mirror=False))
             if self._steps_seen.get(step.pk) != event:
                 self._steps_seen[step.pk] = event
                 out.append(event)
         messages = Message.objects.filter(Q(run_id=run.pk) | Q(run_remote_id=run.remote_id, connection=run.connection))
-        for message in messages.order_by("created_at", "id"):
-            event = sse(f"thread.message.{message.status or 'completed'}", message_object(message))
+        for message in messages.select_related("thread").order_by(*Message.THREAD_ORDER):
+            event = sse(f"thread.message.{message.status or 'completed'}", message_object(message, mirror=False))
             if self._messages_seen.get(message.pk) != event:
                 self._messages_seen[message.pk] = event
                 out.append(event)

@@ -33,6 +33,8 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
 
+from runs_app.models import ConnectionState, PollerLane, Run, RunStatus
+
 LAG_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
 
 STREAMS_OPEN = Gauge("runs_app_relay_streams_open", "Relayed streams and mirror feeds open now.",
@@ -44,8 +46,6 @@ class MirrorCollector:
     """Collects from the database on each scrape."""
 
     def collect(self):
-        from runs_app.models import ConnectionState, PollerLane, Run, RunStatus
-
         now = timezone.now()
         runs = GaugeMetricFamily("runs_app_runs", "Runs in the mirror by status.", labels=["status"])
         counts = dict(Run.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n"))

@@ -1,6 +1,6 @@
 """Admin forms: they check what a person typed (with field-level errors) before a service is called.
 
-The limits repeat the service's (``services.validate_metadata``) so an operator sees the error on the
+The limits repeat the service's (``validation.validate_metadata``) so an operator sees the error on the
 field they typed; the service validates again and stays the authority.
 """
 
@@ -11,22 +11,22 @@ import json
 from django import forms
 from django.core.exceptions import ValidationError
 
-from runs_app import services
+from runs_app.services import validation
 from runs_app.conf import app_settings
 
 
 def _check_key(key: str) -> None:
-    if len(key) > services.METADATA_MAX_KEY_LENGTH:
+    if len(key) > validation.METADATA_MAX_KEY_LENGTH:
         raise ValidationError(
-            f"Keys are limited to {services.METADATA_MAX_KEY_LENGTH} characters; this one has {len(key)}.",
+            f"Keys are limited to {validation.METADATA_MAX_KEY_LENGTH} characters; this one has {len(key)}.",
             code="key_too_long",
         )
 
 
 def _check_value(value: str) -> None:
-    if len(value) > services.METADATA_MAX_VALUE_LENGTH:
+    if len(value) > validation.METADATA_MAX_VALUE_LENGTH:
         raise ValidationError(
-            f"Values are limited to {services.METADATA_MAX_VALUE_LENGTH} characters; this one has {len(value)}.",
+            f"Values are limited to {validation.METADATA_MAX_VALUE_LENGTH} characters; this one has {len(value)}.",
             code="value_too_long",
         )
 
@@ -50,8 +50,8 @@ class BaseMetadataFormSet(forms.BaseFormSet):
         if any(self.errors):
             return
         keys = [f.cleaned_data.get("key") for f in self.forms if f.cleaned_data.get("key")]
-        if len(keys) > services.METADATA_MAX_KEYS:
-            raise ValidationError(f"At most {services.METADATA_MAX_KEYS} keys are allowed; you gave {len(keys)}.")
+        if len(keys) > validation.METADATA_MAX_KEYS:
+            raise ValidationError(f"At most {validation.METADATA_MAX_KEYS} keys are allowed; you gave {len(keys)}.")
         seen = set()
         for form in self.forms:
             key = form.cleaned_data.get("key")
@@ -70,7 +70,7 @@ def metadata_formset(*, metadata: dict | None = None, data=None) -> BaseMetadata
     initial = [{"key": k, "value": v if isinstance(v, str) else json.dumps(v)} for k, v in (metadata or {}).items()]
     formset_class = forms.formset_factory(
         MetadataEntryForm, formset=BaseMetadataFormSet, max_num=100, absolute_max=100,
-        extra=max(services.METADATA_MAX_KEYS - len(initial), 3),
+        extra=max(validation.METADATA_MAX_KEYS - len(initial), 3),
     )
     return formset_class(data=data, initial=initial, prefix="metadata")
 
@@ -149,7 +149,7 @@ class RunStartForm(forms.Form):
     def clean_metadata(self):
         metadata = parse_metadata_lines(self.cleaned_data.get("metadata") or "")
         try:
-            services.validate_metadata(metadata)
+            validation.validate_metadata(metadata)
         except ValidationError as exc:
             raise ValidationError(exc.message_dict["metadata"]) from exc
         return metadata
