@@ -11,8 +11,8 @@ import json
 from django import forms
 from django.core.exceptions import ValidationError
 
-from runs_app.services import validation
 from runs_app.conf import app_settings
+from runs_app.services import validation
 
 
 def _check_key(key: str) -> None:
