@@ -1,6 +1,6 @@
 """Emulator throughput: keep-alive GETs per second, and many concurrent open SSE streams.
 
-Starts a standalone emulator (`python -m emulator --port N --api-key K`) as a subprocess, waits for its
+Starts a standalone emulator (`python -m assistants_emulator --port N --api-key K`) as a subprocess, waits for its
 "listening" line, then measures
 
 (a) GET /openai/threads/{id}/runs/{run_id}?api-version=2024-08-01-preview per second over keep-alive
@@ -13,7 +13,7 @@ Starts a standalone emulator (`python -m emulator --port N --api-key K`) as a su
     python bench/emulator_throughput.py --gets 200 --streams 5 --slow 0.2 --loader python   # smoke size
 
 Exit status is non-zero when any GET fails or any stream does not end with `done` (and, with --check,
-when a target is missed). By hand only; tests/emulator/test_bench_smoke.py runs it at a tiny size.
+when a target is missed). By hand only; assistants_emulator/tests/test_bench_smoke.py runs it at a tiny size.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def free_port() -> int:
 
 
 def start_emulator(port: int, api_key: str, speed: float) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "emulator", "--port", str(port), "--api-key", api_key, "--speed", str(speed)]
+    cmd = [sys.executable, "-m", "assistants_emulator", "--port", str(port), "--api-key", api_key,
+           "--speed", str(speed)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO_ROOT)
     deadline = time.monotonic() + 15

@@ -1,7 +1,7 @@
 """The live relay under gunicorn: (a) the latency it adds per event over reading the emulator's stream directly,
 (b) many concurrent relayed streams with no event lost or reordered.
 
-Starts a standalone emulator (`python -m emulator --speed 1`), a fresh database (SQLite file by default,
+Starts a standalone emulator (`python -m assistants_emulator --speed 1`), a fresh database (SQLite file by default,
 `--database postgres` for a fresh PostgreSQL database on 127.0.0.1), and the demo site under
 gunicorn with its production config (`project/gunicorn.conf.py`: gthread; `--workers`, `--threads`).
 Between the site and the emulator sits a TCP tap in this
@@ -204,7 +204,7 @@ class Stack:
 
     def start(self):
         emu_port = free_port()
-        self._spawn([sys.executable, "-m", "emulator", "--port", str(emu_port), "--api-key", API_KEY,
+        self._spawn([sys.executable, "-m", "assistants_emulator", "--port", str(emu_port), "--api-key", API_KEY,
                      "--speed", "1"], "emulator", ready=lambda: _port_open(emu_port))
         self.tap = Tap(emu_port)
         self.emulator_url = f"http://127.0.0.1:{emu_port}"

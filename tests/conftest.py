@@ -16,8 +16,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# ``emulator``/``emulator_server``: the bundled emulator (its plugin is opt-in, never auto-loaded);
 # ``managed_identity``: an App Service managed identity endpoint for azure-identity (tests/identity.py).
-pytest_plugins = ["tests.identity"]
+pytest_plugins = ["tests.identity", "assistants_emulator.pytest_plugin"]
 
 
 def require(what: str, available: bool, reason: str) -> None:

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from emulator import serve_in_thread
+from assistants_emulator import serve_in_thread
 from runs_app.assistants import AssistantsClient, errors
 from tests.client_helpers import FakeCredential, connection_settings
 

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from emulator import serve_in_thread
-from emulator.pytest_plugin import TEST_API_KEY
+from assistants_emulator import serve_in_thread
+from assistants_emulator.pytest_plugin import TEST_API_KEY
 from runs_app.assistants import AssistantsClient, errors
 from runs_app.assistants.client import REQUEST_TAG
 from tests.client_helpers import connection_settings, wait_for

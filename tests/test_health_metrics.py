@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from emulator import serve_in_thread
+from assistants_emulator import serve_in_thread
 from runs_app import poller, services
 from runs_app.models import ConnectionState, PollerLane
 from runs_app.web import relay

@@ -1,23 +1,65 @@
-"""runs_app and the emulator build into one wheel with templates, static files and migrations."""
+"""runs_app and the emulator build into one wheel with templates, static files and migrations; the emulator ships
+as `assistants_emulator`, with a console script and no pytest plugin that loads itself into other projects."""
 
+import configparser
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_one_wheel_carries_both_packages_and_their_data(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+def source_tree(dest: Path) -> Path:
+    """The checkout's files as git sees them (tracked or new, never ignored): setuptools reuses an in-tree build/
+    directory, whose leftovers (a package since renamed) would otherwise end up in the wheel."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():  # listed in the index but deleted in the working tree: not part of it
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    src = source_tree(tmp_path_factory.mktemp("src"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(src)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    [wheel] = tmp_path.glob("django_runs_app-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
+    [path] = out.glob("django_runs_app-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def entry_points(wheel: zipfile.ZipFile) -> configparser.ConfigParser:
+    name = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
+    parser = configparser.ConfigParser(delimiters=("=",))
+    parser.optionxform = str  # entry point names are case-sensitive
+    parser.read_string(wheel.read(name).decode())
+    return parser
+
+
+def test_one_wheel_carries_both_packages_and_their_data(wheel):
+    names = set(wheel.namelist())
     for expected in ("runs_app/migrations/0001_initial.py", "runs_app/static/runs_app/admin.css",
-                     "runs_app/templates/runs_app/connection_list.html", "emulator/__main__.py", "emulator/README.md",
-                     "runs_app/assistants/client.py"):
+                     "runs_app/templates/runs_app/connection_list.html", "runs_app/assistants/client.py",
+                     "assistants_emulator/__init__.py", "assistants_emulator/__main__.py",
+                     "assistants_emulator/pytest_plugin.py", "assistants_emulator/README.md"):
         assert expected in names
-    assert not any(name.startswith(("tests/", "project/", "bench/")) for name in names)
-    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "emulator = emulator.pytest_plugin" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_the_emulator_ships_only_under_its_own_name_and_without_its_tests(wheel):
+    top_level = {name.split("/")[0] for name in wheel.namelist() if ".dist-info/" not in name}
+    assert top_level == {"runs_app", "assistants_emulator"}, "no top-level `emulator`, `tests`, `project` or `bench`"
+    assert not [name for name in wheel.namelist() if name.startswith("assistants_emulator/tests/")]
+
+
+def test_no_pytest_plugin_loads_itself_and_the_emulator_has_a_console_script(wheel):
+    points = entry_points(wheel)
+    assert not points.has_section("pytest11"), "installing the app must not add fixtures to other projects' runs"
+    assert points["console_scripts"]["assistants-emulator"].strip() == "assistants_emulator.__main__:main"

@@ -8,7 +8,7 @@ import pytest
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from emulator import serve_in_thread
+from assistants_emulator import serve_in_thread
 from runs_app import poller, services, signals
 from runs_app.assistants import AssistantsClient, AssistantsError
 from runs_app.models import ConnectionState, PollerLane, Run, Thread

@@ -11,8 +11,8 @@ import requests
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from emulator import serve_in_thread
-from emulator.pytest_plugin import TEST_API_KEY
+from assistants_emulator import serve_in_thread
+from assistants_emulator.pytest_plugin import TEST_API_KEY
 from runs_app import services
 from runs_app.assistants import AssistantsClient, AssistantsError
 from runs_app.mirror import upsert

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import emulator as emulator_pkg
-from tests.emulator.wire import Wire
+import assistants_emulator as emulator_pkg
+from assistants_emulator.tests.wire import Wire
 
 MESSAGES = 12
 

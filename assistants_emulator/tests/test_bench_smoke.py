@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tests.emulator.schema import REPO_ROOT
+from assistants_emulator.tests.schema import REPO_ROOT
 
 BENCH = REPO_ROOT / "bench" / "emulator_throughput.py"
 

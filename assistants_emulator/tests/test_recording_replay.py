@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.emulator import schema
-from tests.emulator.wire import TERMINAL, collapse_deltas
+from assistants_emulator.tests import schema
+from assistants_emulator.tests.wire import TERMINAL, collapse_deltas
 
 ID_RE = re.compile(r"^(asst|thread|run|step|msg|call)_[A-Za-z0-9]+$")
 SETTLED_STATUSES = TERMINAL | {"requires_action"}

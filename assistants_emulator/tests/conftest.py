@@ -1,8 +1,12 @@
-"""Fixtures for the emulator conformance suite (the `emulator` fixture comes from emulator.pytest_plugin)."""
+"""Fixtures for the emulator's own suite. It needs nothing of the project around it: run it alone with
+``pytest assistants_emulator/tests``."""
 
 import pytest
 
-from tests.emulator.wire import Wire
+from assistants_emulator.tests.wire import Wire
+
+# The opt-in line every user of the plugin writes (README, "Pytest"); the token endpoint for azure-identity.
+pytest_plugins = ["assistants_emulator.pytest_plugin", "assistants_emulator.tests.identity"]
 
 
 @pytest.fixture(params=["azure", "openai"])
@@ -30,7 +34,7 @@ def openai_wire(emulator):
 @pytest.fixture(scope="session")
 def short_expiry_emulator():
     """A separate emulator whose runs expire one second after creation (the session one uses 600 s)."""
-    import emulator as emulator_pkg
+    import assistants_emulator as emulator_pkg
 
     _url, handle = emulator_pkg.serve_in_thread(api_key="expiry-key-cnry7", speed=50, expire_after=1.0)
     try:

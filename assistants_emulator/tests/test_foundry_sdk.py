@@ -35,8 +35,8 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.core.rest import HttpRequest
 from azure.identity import ManagedIdentityCredential
 
-from tests.emulator.wire import await_status
-from tests.identity import managed_identity, serve_managed_identity  # noqa: F401 - the fixture
+from assistants_emulator.tests.identity import serve_managed_identity
+from assistants_emulator.tests.wire import await_status
 
 FOUNDRY_RESOURCE = "https://ai.azure.com"
 API_VERSIONS = ("2025-05-01", "2025-05-15-preview", "v1")
@@ -92,7 +92,7 @@ def make_client(emulator, wiretap: _Wiretap, **kwargs) -> AgentsClient:
 
 
 @pytest.fixture
-def client(emulator, managed_identity, wiretap):  # noqa: F811 - the imported fixture
+def client(emulator, managed_identity, wiretap):
     with make_client(emulator, wiretap) as agents:
         yield agents
 
@@ -165,7 +165,7 @@ def _drain(handler: AgentEventHandler) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ basics
-def test_agent_thread_message_and_run_complete_with_managed_identity(client, managed_identity):  # noqa: F811
+def test_agent_thread_message_and_run_complete_with_managed_identity(client, managed_identity):
     agent = _agent(client)
     assert agent.id.startswith("asst_") and agent["object"] == "assistant"
     assert agent.model == "gpt-4o" and agent.tools[0].function.name == "get_weather"
@@ -399,7 +399,7 @@ def test_gateway_429_is_retried_by_the_sdk(client, emulator, wiretap):
 
 # ------------------------------------------------------------------------------------------ api versions
 @pytest.mark.parametrize("api_version", API_VERSIONS)
-def test_each_api_version_runs_a_small_cycle(emulator, managed_identity, wiretap, api_version):  # noqa: F811
+def test_each_api_version_runs_a_small_cycle(emulator, managed_identity, wiretap, api_version):
     with make_client(emulator, wiretap, api_version=api_version) as agents:
         agent = _agent(agents)
         thread = _thread_with(agents, f"hello on {api_version}")
@@ -411,7 +411,7 @@ def test_each_api_version_runs_a_small_cycle(emulator, managed_identity, wiretap
     assert managed_identity.requests == [FOUNDRY_RESOURCE]
 
 
-def test_the_token_endpoint_refuses_strangers(managed_identity, monkeypatch):  # noqa: F811
+def test_the_token_endpoint_refuses_strangers(managed_identity, monkeypatch):
     query = {"api-version": "2019-08-01", "resource": FOUNDRY_RESOURCE}
     header = {"X-IDENTITY-HEADER": managed_identity.secret}
     assert requests.get(managed_identity.endpoint, params=query, timeout=10).status_code == 401

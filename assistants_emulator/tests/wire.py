@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from tests.emulator import schema
+from assistants_emulator.tests import schema
 
 AZURE_API_VERSION = "2024-08-01-preview"
 FOUNDRY_API_VERSION = "2025-05-01"

@@ -1,6 +1,7 @@
 """Pytest fixtures: ``emulator_server`` (one per session) and ``emulator`` (state reset per test).
 
-Registered through the ``pytest11`` entry point ``emulator = "emulator.pytest_plugin"``.
+Opt-in, never auto-loaded: a project's top-level ``conftest.py`` lists it,
+``pytest_plugins = ["assistants_emulator.pytest_plugin"]``, so installing the package changes no other test suite.
 """
 
 from __future__ import annotations

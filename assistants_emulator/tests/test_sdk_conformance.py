@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import AssistantEventHandler, AzureOpenAI, OpenAI
 
-from tests.emulator.wire import AZURE_API_VERSION, FUNCTION_TOOL, SECOND_FUNCTION_TOOL, TERMINAL, Wire
+from assistants_emulator.tests.wire import AZURE_API_VERSION, FUNCTION_TOOL, SECOND_FUNCTION_TOOL, TERMINAL, Wire
 
 # client.beta.assistants/threads are marked deprecated (Assistants API sunset); they are what we test.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -217,7 +217,7 @@ def test_update_run_metadata(client):
 @pytest.fixture(scope="module")
 def fast_emulator():
     """A separate, very fast emulator so 250 sequential runs stay quick."""
-    import emulator as emulator_pkg
+    import assistants_emulator as emulator_pkg
 
     url, handle = emulator_pkg.serve_in_thread(api_key="fast-key-cnry7", speed=1000.0)
     try:

@@ -7,7 +7,7 @@ It serves the Azure OpenAI Assistants (``/openai/...?api-version=``), Foundry cl
     ...
     handle.stop()
 
-See emulator/README.md for the scripted model's triggers and the control endpoint.
+See assistants_emulator/README.md for the scripted model's triggers and the control endpoint.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ import time
 import pytest
 import requests
 
-import emulator as emulator_pkg
-from emulator.pytest_plugin import TEST_API_KEY as KEY
+import assistants_emulator as emulator_pkg
+from assistants_emulator.pytest_plugin import TEST_API_KEY as KEY
 
 OPENAI_HEADERS = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "assistants=v2"}
 WEATHER = {

@@ -1,7 +1,7 @@
 """The deterministic scripted "model": decides what a run does from its tools and the last user message.
 
 Every decision is a pure function of the request, so the same input always gives the same run shape.
-The triggers are documented in emulator/README.md.
+The triggers are documented in assistants_emulator/README.md.
 """
 
 from __future__ import annotations

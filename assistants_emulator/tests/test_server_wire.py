@@ -9,8 +9,8 @@ import sys
 import pytest
 import requests
 
-import emulator as emulator_pkg
-from tests.emulator.test_server_lifecycle import KEY, OPENAI_HEADERS, WEATHER, Api, sse_events
+import assistants_emulator as emulator_pkg
+from assistants_emulator.tests.test_server_lifecycle import KEY, OPENAI_HEADERS, WEATHER, Api, sse_events
 
 AZ = "api-version=2024-08-01-preview"
 AZURE_401 = {
@@ -301,7 +301,7 @@ def test_fault_429_shape_and_control_endpoint(emulator):
 def test_cli_prints_listening_line_and_stops_on_sigterm():
     # Port 0: the system picks a free port and the line names it (no race with other tests for a port).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator", "--port", "0", "--speed", "20"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "assistants_emulator", "--port", "0", "--speed", "20"], stdout=subprocess.PIPE, text=True
     )
     try:
         line = proc.stdout.readline().strip()

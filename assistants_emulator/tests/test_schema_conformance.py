@@ -11,8 +11,15 @@ import json
 import pytest
 import requests
 
-from tests.emulator import schema
-from tests.emulator.wire import FUNCTION_TOOL, SECOND_FUNCTION_TOOL, TERMINAL, Wire, collapse_deltas, event_names
+from assistants_emulator.tests import schema
+from assistants_emulator.tests.wire import (
+    FUNCTION_TOOL,
+    SECOND_FUNCTION_TOOL,
+    TERMINAL,
+    Wire,
+    collapse_deltas,
+    event_names,
+)
 
 FILE_SEARCH_INCLUDE = "step_details.tool_calls[*].file_search.results[*].content"
 

@@ -1,9 +1,10 @@
-"""``python -m emulator [--host H] [--port P] [--api-key K] [--speed F] [--expire-after S] [--faults SPEC]
-[--seed N] [--control]``"""
+"""``python -m assistants_emulator`` (or the ``assistants-emulator`` console script)
+``[--host H] [--port P] [--api-key K] [--speed F] [--expire-after S] [--faults SPEC] [--seed N] [--control]``"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -12,7 +13,10 @@ from . import serve_in_thread
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emulator",
+    # The console script names itself in --help; `python -m` would otherwise show "__main__.py".
+    invoked_as = os.path.basename(sys.argv[0])
+    prog = invoked_as if invoked_as == "assistants-emulator" else "python -m assistants_emulator"
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Assistants-protocol emulator (Azure OpenAI, Foundry, OpenAI).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089)

@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.emulator import schema
+from assistants_emulator.tests import schema
 
 RECORDINGS = schema.recording_files()
 

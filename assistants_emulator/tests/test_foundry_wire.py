@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.emulator.wire import (
+from assistants_emulator.tests.wire import (
     FUNCTION_TOOL,
     SECOND_FUNCTION_TOOL,
     TERMINAL,
