@@ -1,7 +1,7 @@
 """Mirror lag: how soon the mirror shows each status change of many concurrent runs, and at what request cost,
 against the baseline a user would otherwise write (one thread per run polling with the openai SDK).
 
-Starts a standalone emulator (`python -m emulator --speed 1 --control`, wrapped so that it also counts the
+Starts a standalone emulator (`python -m assistants_emulator --speed 1 --control`, wrapped so that it also counts the
 requests it serves), then runs the same seeded workload twice:
 
 A. the mirror: a fresh SQLite database (migrated), ONE `manage.py qcluster` (Q_CLUSTER workers=2, the demo
@@ -73,11 +73,11 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 
 def serve_counting_emulator(argv: list[str]) -> int:
-    """`python -m emulator` plus a request counter at GET /_emulator/bench-requests (this process only)."""
+    """`python -m assistants_emulator` plus a request counter at GET /_emulator/bench-requests (this process only)."""
     import re
 
-    from emulator import __main__ as emulator_main
-    from emulator import server
+    from assistants_emulator import __main__ as emulator_main
+    from assistants_emulator import server
 
     counts: dict[str, int] = {}
     lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Settings of the demo site. Everything comes from environment variables (README, Configuration).
+"""Settings of the demo site. Everything comes from environment variables (docs/configuration.md).
 
 Defaults are production-safe: DEBUG is off unless DJANGO_DEBUG says otherwise, and then a secret key
 must be given. ``make run`` sets DJANGO_DEBUG=1 for the local stack.
@@ -139,7 +139,7 @@ RUNS_APP = {
 }
 if env_str("RUNS_APP_DISCOVER_THREADS", ""):
     RUNS_APP["CONNECTIONS"]["default"]["DISCOVER_THREADS"] = env_bool("RUNS_APP_DISCOVER_THREADS", False)
-# Scale-out knobs (README, Scale-out): poll lanes across all q clusters, threads per lane, runs claimed per
+# Scale-out knobs (docs/operations.md): poll lanes across all q clusters, threads per lane, runs claimed per
 # pass; the /metrics bearer token.
 for _key, _cast in [("POLLER_LANES", int), ("POLL_THREADS", int), ("CLAIM_BATCH", int), ("METRICS_TOKEN", str)]:
     if env_str(f"RUNS_APP_{_key}", ""):

@@ -40,7 +40,7 @@ def check_runs_app_settings(app_configs=None, **kwargs):
             Error(
                 f"{SETTING_NAME} is not set.",
                 hint=f"Add {SETTING_NAME} = {{'CONNECTIONS': {{'default': {{...}}}}}} to your settings "
-                "(see README, Configuration).",
+                "(see docs/configuration.md).",
                 id="runs_app.E001",
             )
         ]
@@ -89,7 +89,7 @@ def _check_numbers(raw: dict) -> list:
     errors = []
     for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP", "POLL_FAST",
                 "ACTIVE_WINDOW", "POLL_SLOW", "POLL_WAITING", "CLAIM_LEASE", "CYCLE_SECONDS", "DISCOVERY_INTERVAL",
-                "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "LANE_STALE_AFTER"):
+                "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "LANE_STALE_AFTER", "HEALTH_PROBE_AFTER"):
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             errors.append(Error(f"{_key(key)} must be a positive number of seconds, not {value!r}.",

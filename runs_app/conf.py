@@ -49,7 +49,7 @@ KNOWN_API_VERSIONS = {
 #: OpenAI never offered it.
 DEFAULT_DISCOVER_THREADS = {KIND_AZURE_OPENAI: False, KIND_FOUNDRY_AGENTS: True, KIND_OPENAI: False}
 
-#: Top-level keys of ``RUNS_APP`` and their defaults. Documented in README.md ("Configuration").
+#: Top-level keys of ``RUNS_APP`` and their defaults. Documented in docs/configuration.md (a test checks the table).
 DEFAULTS = {
     # Named remote services. Each entry: see CONNECTION_DEFAULTS.
     "CONNECTIONS": {},
@@ -65,7 +65,7 @@ DEFAULTS = {
     # The longest server-requested delay (retry-after) waited inside a request; longer ones raise
     # RateLimited with the delay, for the caller to reschedule.
     "RETRY_AFTER_CAP": 60.0,
-    # --- the poller (see runs_app/poller.py) ---
+    # --- the poller (runs_app/poller/) ---
     # Seconds between polls of a queued/in_progress/cancelling run that changed within ACTIVE_WINDOW.
     "POLL_FAST": 1.0,
     "ACTIVE_WINDOW": 15.0,

@@ -2,7 +2,7 @@
 
 Rows are keyed by the remote id, unique per connection. Every field of the protocol's objects has a
 column or a JSON field; the latest full remote object is kept in ``raw`` so fields the service adds
-later are never lost. Rows are written only by ``runs_app.sync`` (the one upsert) and
+later are never lost. Rows are written only by ``runs_app.mirror.upsert`` (the one upsert) and
 ``runs_app.services``.
 """
 

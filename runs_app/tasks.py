@@ -1,6 +1,6 @@
 """django-q2 tasks: thin, take ids, call one service, safe to run twice.
 
-- ``poll_lane(lane, token)``: one poll loop cycle, then its successor (see runs_app/poller.py).
+- ``poll_lane(lane, token)``: one poll loop cycle, then its successor (runs_app/poller/lanes.py).
 - ``poller_watchdog()``: every minute (a django-q2 schedule): restarts stale lanes, flags stuck and
   expiring runs.
 """

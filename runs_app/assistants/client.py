@@ -1,7 +1,7 @@
 """``AssistantsClient``: the one place that speaks HTTP to an Assistants-protocol service.
 
 Built from a named ``RUNS_APP["CONNECTIONS"]`` entry. Returns the service's JSON objects as dicts and
-raises the ladder in ``runs_app.assistants.errors``. See README ("The Assistants client") for the
+raises the ladder in ``runs_app.assistants.errors``. See docs/client.md for the
 retry and duplicate-run rules.
 """
 
@@ -270,7 +270,7 @@ class AssistantsClient:
         _check_fields(fields, THREAD_AND_RUN_FIELDS, "create_thread_and_run")
         if fields.get("tool_resources") is not None:
             # Run-level tool_resources exist only on POST /threads/runs: send it as one request. Its
-            # new thread cannot be searched (the protocol cannot list threads), so it is never resent
+            # new thread cannot be searched by a tag (thread listings carry no request tag), so it is never resent
             # after a lost response.
             body = {"assistant_id": assistant_id, "thread": thread or {}, **fields}
             if stream:

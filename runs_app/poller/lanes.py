@@ -19,7 +19,7 @@ from runs_app.conf import app_settings
 from runs_app.models import ConnectionState, PollerLane, Run, Thread
 from runs_app.poller.claims import claim_due_runs
 from runs_app.poller.discovery import discover_due_threads, discover_new_threads
-from runs_app.poller.polling import ConnectionCounters, poll_claimed
+from runs_app.poller.polling import ConnectionCounters, apply_changed, poll_claimed, release_unchanged
 from runs_app.poller.watchdogs import probe_idle_connections
 
 logger = logging.getLogger("runs_app.poller")
@@ -46,13 +46,15 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
                 return stats
             runs = claim_due_runs(token)
             if runs:
-                counters = ConnectionCounters()
+                counters, unchanged = ConnectionCounters(), []
                 if pool is None:
                     for run in runs:
-                        poll_claimed(run, token, counters)
+                        poll_claimed(run, token, counters, unchanged=unchanged)
                 else:
-                    list(pool.map(_in_thread, [poll_claimed] * len(runs), runs, [token] * len(runs),
-                                  [counters] * len(runs)))
+                    list(pool.map(_in_thread, [_poll] * len(runs), runs, [token] * len(runs),
+                                  [counters] * len(runs), [unchanged] * len(runs)))
+                for moved in release_unchanged(unchanged, token):  # one statement for the pass
+                    apply_changed(moved, token)
                 counters.flush()
                 stats["polled"] += len(runs)
                 PollerLane.objects.filter(lane=lane).update(runs_polled=F("runs_polled") + len(runs))
@@ -98,6 +100,10 @@ class _Heartbeat(threading.Thread):
                     logger.warning("lane %s: heartbeat failed: %s", self.lane, exc)
         finally:
             connection.close()
+
+
+def _poll(run, token, counters, unchanged):
+    return poll_claimed(run, token, counters, unchanged=unchanged)
 
 
 def _in_thread(func, *args):

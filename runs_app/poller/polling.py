@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from dataclasses import dataclass
 
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, DateTimeField, F, Q, Value, When
 from django.utils import timezone
 
 from runs_app import services
@@ -20,12 +21,23 @@ from runs_app.poller.schedule import next_poll_delay
 
 logger = logging.getLogger("runs_app.poller")
 
-def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = None) -> str:
-    """Poll one claimed run and release it; returns the outcome ('same', 'changed', 'paused', 'gone', 'error').
+@dataclass
+class Unchanged:
+    """A poll that saw the stored state again, waiting to be recorded with the rest of its pass."""
 
-    Most polls find nothing new: then one UPDATE records the observation, releases the claim and sets
-    the next poll. Only a changed run goes through the upsert (and, if needed, a fetch of its steps and
-    messages)."""
+    run: Run
+    payload: dict
+    started: dt.datetime
+    received: dt.datetime
+
+
+def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = None, *,
+                 unchanged: list[Unchanged] | None = None) -> str:
+    """Poll one claimed run; returns the outcome ('same', 'changed', 'paused', 'gone', 'error').
+
+    Most polls find nothing new: with ``unchanged`` (a pass's list) such a poll is only noted there, and
+    ``release_unchanged`` records the whole pass's in one statement; without it, it is recorded at once. Only a
+    changed run goes through the upsert (and, if needed, a fetch of its steps and messages) and is released here."""
     counters = counters if counters is not None else ConnectionCounters()
     started = timezone.now()
     try:
@@ -47,13 +59,24 @@ def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = Non
         release(run, token, next_poll_at=started + dt.timedelta(seconds=2 * app_settings.POLL_SLOW))
         return "error"
     counters.succeeded(run.connection)
-    received = timezone.now()
+    seen = Unchanged(run, payload, started, timezone.now())
     # The shortcut only when nothing is owed: a run whose steps and messages were not fetched for its status
     # (an earlier fetch failed) goes through the upsert, which fetches them, even if the run object is the same.
-    if payload == run.raw and not services.details_owed(run) and _release_unchanged(run, token, started, received):
-        return "same"
+    if payload == run.raw and not services.details_owed(run):
+        if unchanged is not None:
+            unchanged.append(seen)
+            return "same"
+        if not release_unchanged([seen], token):
+            return "same"
+    return apply_changed(seen, token)
+
+
+def apply_changed(seen: Unchanged, token: str) -> str:
+    """The poll brought news (or the row moved while it was out): the upsert decides, then the claim is released."""
+    run = seen.run
     try:
-        run = services.run_apply_polled(run=run, payload=payload, seen=Observation(Source.POLL, started, received))
+        run = services.run_apply_polled(run=run, payload=seen.payload,
+                                        seen=Observation(Source.POLL, seen.started, seen.received))
     except AssistantsError as exc:  # fetching the changed run's steps or messages failed: poll again soon
         logger.warning("%s: details failed: %s", run.remote_id, exc)
         release(run, token, next_poll_at=timezone.now() + dt.timedelta(seconds=app_settings.POLL_FAST))
@@ -63,18 +86,35 @@ def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = Non
     return "changed"
 
 
-def _release_unchanged(run: Run, token: str, started: dt.datetime, received: dt.datetime) -> bool:
-    """The poll saw the stored state again: record the observation and release, in one UPDATE. False if the
-    row moved meanwhile (another source changed it, or the claim lapsed): then the upsert decides."""
-    delay = next_poll_delay(run, received)
-    newer = Q(observed_to__isnull=True) | Q(observed_to__lt=started)
-    logger.debug("release %s %s", token, run.remote_id)
-    return bool(Run.objects.filter(pk=run.pk, claimed_by=token, status=run.status).update(
-        claimed_by="", claimed_until=None, polls=F("polls") + 1, synced_at=received,
-        next_poll_at=None if delay is None else received + dt.timedelta(seconds=delay),
-        observed_from=Case(When(newer, then=Value(started)), default=F("observed_from")),
-        observed_to=Case(When(newer, then=Value(received)), default=F("observed_to")),
-    ))
+def release_unchanged(polls: list[Unchanged], token: str) -> list[Unchanged]:
+    """Record a pass's unchanged polls — each run's observation, next poll and release — in ONE statement. Returns
+    the polls whose row moved meanwhile (another source changed it, or the claim lapsed): the upsert decides those."""
+    if not polls:
+        return []
+    by_pk = {p.run.pk: p for p in polls}
+    still = Q()
+    next_poll, synced, observed_from, observed_to = [], [], [], []
+    for pk, p in by_pk.items():
+        still |= Q(pk=pk, status=p.run.status)
+        delay = next_poll_delay(p.run, p.received)
+        next_poll.append(When(pk=pk, then=Value(None if delay is None else p.received + dt.timedelta(seconds=delay))))
+        synced.append(When(pk=pk, then=Value(p.received)))
+        # Happens-before: the observation moves only if this request was sent after the stored one was answered.
+        newer = Q(pk=pk) & (Q(observed_to__isnull=True) | Q(observed_to__lt=p.started))
+        observed_from.append(When(newer, then=Value(p.started)))
+        observed_to.append(When(newer, then=Value(p.received)))
+    logger.debug("release %s %s", token, " ".join(p.run.remote_id for p in polls))
+    done = Run.objects.filter(still, claimed_by=token).update(
+        claimed_by="", claimed_until=None, polls=F("polls") + 1,
+        next_poll_at=Case(*next_poll, output_field=DateTimeField()),
+        synced_at=Case(*synced, output_field=DateTimeField()),
+        observed_from=Case(*observed_from, default=F("observed_from"), output_field=DateTimeField()),
+        observed_to=Case(*observed_to, default=F("observed_to"), output_field=DateTimeField()),
+    )
+    if done == len(by_pk):
+        return []
+    moved = set(Run.objects.filter(pk__in=list(by_pk), claimed_by=token).values_list("pk", flat=True))
+    return [by_pk[pk] for pk in moved]
 
 
 class ConnectionCounters:

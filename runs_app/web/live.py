@@ -128,7 +128,7 @@ def thread_live(request, thread_id: str):
         raise Http404("You may not view threads.")
     runs = list(thread.runs.order_by("-created_at", "-id")[:20])
     current = next((r for r in runs if not r.is_terminal), None)
-    messages = Message.objects.filter(thread=thread).order_by("created_at", "id")
+    messages = Message.objects.filter(thread=thread).order_by(*Message.THREAD_ORDER)
     run_messages = []
     if current is not None:  # the current run's messages are shown (and grow) in the live panel
         run_messages = list(messages.filter(run_remote_id=current.remote_id))
@@ -153,12 +153,12 @@ def run_live(request, run_id: str):
     if not request.user.has_perm("runs_app.view_run"):
         raise Http404("You may not view runs.")
     messages = Message.objects.filter(thread=run.thread).exclude(run_remote_id=run.remote_id).filter(
-        created_at__lte=run.created_at).order_by("created_at", "id") if run.created_at else Message.objects.none()
+        created_at__lte=run.created_at).order_by(*Message.THREAD_ORDER) if run.created_at else Message.objects.none()
     return render(request, "runs_app/live_run.html", {
         "title": f"Run {run.remote_id} — live", "run": run, "thread": run.thread,
         "earlier_messages": list(messages)[-20:], "urls": _live_urls(),
         "run_messages": list(Message.objects.filter(run_remote_id=run.remote_id, connection=run.connection)
-                             .order_by("created_at", "id")),
+                             .order_by(*Message.THREAD_ORDER)),
         "admin_run_url": _admin_url("admin:runs_app_run_change", run.pk),
         "thread_live_url": reverse("runs_app:thread-live", args=[run.thread.remote_id]),
         "can_cancel": request.user.has_perm("runs_app.cancel_run"),
@@ -180,6 +180,8 @@ def on_mirror_row(model, param: str):
                 row = _lookup(model, kwargs.pop(param), request)
             except model.DoesNotExist as exc:
                 return _error(404, f"{exc} {ID_HELP}", code="not_found", param=param)
+            except AmbiguousRemoteId as exc:
+                return _error_response(exc)
             try:
                 return view(request, row)
             except Exception as exc:
