@@ -14,6 +14,8 @@ import shutil
 
 import pytest
 
+from tests import factories
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # ``emulator``/``emulator_server``: the bundled emulator (its plugin is opt-in, never auto-loaded);
@@ -72,21 +74,42 @@ def emulator_connection(emulator) -> dict:
             "API_KEY": emulator.api_key}
 
 
+# --- the common fixtures, built by tests/factories.py ------------------------------------------------------------
+
 @pytest.fixture
 def remote(emulator):
     """A client straight to the emulator (outside runs_app's services): the service's own view of things."""
-    from runs_app.assistants import AssistantsClient
-    from tests.client_helpers import connection_settings
-
-    return AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
+    return factories.remote_client(emulator)
 
 
 @pytest.fixture
 def assistant(remote):
     """An assistant with the get_weather function tool, created on the emulator."""
-    from tests.run_sequences import FUNCTION_TOOL
+    return factories.weather_assistant(remote)
 
-    return remote.create_assistant(model="gpt-4o", name="ops", tools=[FUNCTION_TOOL])
+
+@pytest.fixture
+def operator(django_user_model):
+    """A staff user holding every runs_app permission (views, runs, threads, messages, actions)."""
+    return factories.staff_user(django_user_model, "operator")
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """A staff user who may only view threads and runs: every action is refused to them."""
+    return factories.staff_user(django_user_model, "viewer", permissions=factories.VIEW_PERMISSIONS)
+
+
+@pytest.fixture
+def api(operator):
+    """The REST API's test client, authenticated as the operator."""
+    return factories.api_client(operator)
+
+
+@pytest.fixture
+def admin_user(db, django_user_model):
+    """pytest-django's superuser (behind ``admin_client``), with a password that carries the log canary."""
+    return factories.superuser(django_user_model, "admin")
 
 
 class MaskedSettings(dict):

@@ -4,14 +4,15 @@ import pytest
 from django.urls import reverse
 
 from runs_app.models import OperatorAction, Run, Thread
-from tests import admin_helpers
-from tests.admin_helpers import messages_of, settle, staff_user, start_run, waiting_run
 from tests.client_helpers import wait_for
+from tests.factories import settled, staff_user, start_run, waiting_run
 
 pytestmark = pytest.mark.django_db
 
-remote = admin_helpers.remote
-assistant = admin_helpers.assistant
+
+def messages_of(response) -> list[str]:
+    """The messages the admin shows after an action (django.contrib.messages)."""
+    return [str(m) for m in response.context["messages"]] if response.context else []
 
 
 def change_url(run):
@@ -45,7 +46,7 @@ def test_cancel_one_run_confirms_then_cancels(mirror_settings, assistant, admin_
 
 def test_cancel_many_reports_runs_that_can_no_longer_be_cancelled(mirror_settings, assistant, admin_client):
     active = start_run(assistant, "slowly [slow:30]")
-    finished = settle(start_run(assistant, "quick"))
+    finished = settled(start_run(assistant, "quick"))
     assert finished.status == "completed"
     changelist = reverse("admin:runs_app_run_changelist")
     selection = {"action": "cancel_runs", "_selected_action": [active.pk, finished.pk]}
@@ -63,8 +64,8 @@ def test_cancel_many_reports_runs_that_can_no_longer_be_cancelled(mirror_setting
 
 
 def test_cancel_without_permission_is_refused_and_sends_nothing(mirror_settings, assistant, client,
-                                                                 django_user_model):
-    client.force_login(staff_user(django_user_model))
+                                                                 viewer):
+    client.force_login(viewer)
     run = start_run(assistant, "slowly [slow:30]")
     assert client.get(url("cancel", run)).status_code == 403
     assert client.post(url("cancel", run), {"confirm": "yes"}).status_code == 403
@@ -111,8 +112,8 @@ def test_refresh_button_reports_a_remote_error(mirror_settings, assistant, admin
     assert Run.objects.get(pk=run.pk).status == "queued"
 
 
-def test_refresh_without_permission(mirror_settings, assistant, client, django_user_model):
-    client.force_login(staff_user(django_user_model))
+def test_refresh_without_permission(mirror_settings, assistant, client, viewer):
+    client.force_login(viewer)
     run = start_run(assistant, "quick")
     assert client.post(url("refresh", run)).status_code == 403
     client.post(reverse("admin:runs_app_run_changelist"), {"action": "refresh_runs", "_selected_action": [run.pk]})
@@ -171,8 +172,8 @@ def test_metadata_field_error_is_on_the_key(mirror_settings, assistant, admin_cl
     assert formset.forms[0].errors == {"key": ["Keys are limited to 64 characters; this one has 65."]}
 
 
-def test_metadata_without_permission(mirror_settings, assistant, client, django_user_model):
-    client.force_login(staff_user(django_user_model))
+def test_metadata_without_permission(mirror_settings, assistant, client, viewer):
+    client.force_login(viewer)
     run = start_run(assistant, "slowly [slow:30]")
     assert client.get(url("metadata", run)).status_code == 403
     assert client.post(url("metadata", run), metadata_post([("a", "b")])).status_code == 403
@@ -193,7 +194,7 @@ def test_metadata_service_error_is_shown_with_request_id(mirror_settings, assist
 
 
 def test_metadata_permission_only_for_that_action(mirror_settings, assistant, client, django_user_model, remote):
-    client.force_login(staff_user(django_user_model, perms=("view_run", "change_run_metadata")))
+    client.force_login(staff_user(django_user_model, "editor", permissions=("view_run", "change_run_metadata")))
     run = start_run(assistant, "slowly [slow:30]")
     client.post(url("metadata", run), metadata_post([("a", "b")]))
     assert Run.objects.get(pk=run.pk).metadata == {"a": "b"}
@@ -211,7 +212,7 @@ def test_tool_outputs_form_shows_each_call_and_submits(mirror_settings, assistan
     assert any("Tool outputs sent" in m for m in messages_of(response))
     assert Run.objects.get(pk=run.pk).status == "queued"
     assert audit_rows("submit_tool_outputs") == [("submit_tool_outputs", run.remote_id, True)]
-    final = settle(run)
+    final = settled(run)
     assert final.status == "completed"
     page = admin_client.get(change_url(final)).content.decode()
     assert "sunny, 21 °C" in page
@@ -257,7 +258,7 @@ def test_tool_outputs_when_the_mirror_already_moved_on(mirror_settings, assistan
     run = waiting_run(assistant)
     call = run.pending_tool_calls[0]
     admin_client.post(url("tool_outputs", run), {f"output__{call['id']}": "sunny"})
-    settle(run)  # completed now
+    settled(run)  # completed now
     response = admin_client.post(url("tool_outputs", run), {f"output__{call['id']}": "again"}, follow=True)
     shown = messages_of(response)
     assert any("no longer waits for tool outputs. Nothing was sent." in m for m in shown)
@@ -265,8 +266,8 @@ def test_tool_outputs_when_the_mirror_already_moved_on(mirror_settings, assistan
     assert audit_rows("submit_tool_outputs") == [("submit_tool_outputs", run.remote_id, True)]
 
 
-def test_tool_outputs_without_permission(mirror_settings, assistant, client, django_user_model, remote):
-    client.force_login(staff_user(django_user_model))
+def test_tool_outputs_without_permission(mirror_settings, assistant, client, viewer, remote):
+    client.force_login(viewer)
     run = waiting_run(assistant)
     call = run.pending_tool_calls[0]
     assert client.get(url("tool_outputs", run)).status_code == 403
@@ -310,14 +311,14 @@ def test_import_thread_errors(mirror_settings, admin_client):
     assert not Thread.objects.exists()
 
 
-def test_import_thread_needs_permission(mirror_settings, client, django_user_model):
-    client.force_login(staff_user(django_user_model))
+def test_import_thread_needs_permission(mirror_settings, client, viewer):
+    client.force_login(viewer)
     assert client.post(reverse("admin:runs_app_thread_import"), {"thread_id": "thread_x"}).status_code == 403
     assert not OperatorAction.objects.exists()
 
 
 def test_start_run_on_a_thread(mirror_settings, assistant, admin_client, remote):
-    thread = settle(start_run(assistant, "quick")).thread
+    thread = settled(start_run(assistant, "quick")).thread
     start_url = reverse("admin:runs_app_thread_start_run", args=[thread.pk])
     page = admin_client.get(start_url)
     assert page.status_code == 200 and assistant["id"] in page.content.decode()  # prefilled from the last run
@@ -331,8 +332,8 @@ def test_start_run_on_a_thread(mirror_settings, assistant, admin_client, remote)
 
 
 def test_start_run_invalid_metadata_and_permission(mirror_settings, assistant, admin_client, client,
-                                                  django_user_model):
-    thread = settle(start_run(assistant, "quick")).thread
+                                                  viewer):
+    thread = settled(start_run(assistant, "quick")).thread
     start_url = reverse("admin:runs_app_thread_start_run", args=[thread.pk])
     response = admin_client.post(start_url, {"assistant_id": assistant["id"], "metadata": "k" * 65 + "=v"})
     assert "the limit is 64" in response.content.decode()
@@ -341,7 +342,7 @@ def test_start_run_invalid_metadata_and_permission(mirror_settings, assistant, a
     response = admin_client.post(start_url, {"assistant_id": "asst_unknown"})
     assert any("Could not start a run" in m and "Request id:" in m for m in messages_of(response))
     assert thread.runs.count() == 1
-    client.force_login(staff_user(django_user_model))
+    client.force_login(viewer)
     assert client.post(start_url, {"assistant_id": assistant["id"]}).status_code == 403
     assert thread.runs.count() == 1
 
@@ -351,7 +352,7 @@ def test_tool_outputs_form_has_one_field_per_parallel_call(mirror_settings, remo
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
         for name in ("get_weather", "get_time")]
     two_tools = remote._request("POST", "/assistants", json={"model": "gpt-4o", "tools": tools})
-    run = settle(start_run(two_tools, "get_weather and get_time for Oslo"))
+    run = settled(start_run(two_tools, "get_weather and get_time for Oslo"))
     calls = run.pending_tool_calls
     assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
     page = admin_client.get(url("tool_outputs", run)).content.decode()
@@ -363,4 +364,4 @@ def test_tool_outputs_form_has_one_field_per_parallel_call(mirror_settings, remo
     response = admin_client.post(url("tool_outputs", run), {f"output__{calls[0]['id']}": "sunny",
                                                              f"output__{calls[1]['id']}": "noon"}, follow=True)
     assert any("Tool outputs sent" in m for m in messages_of(response))
-    assert settle(run).status == "completed"
+    assert settled(run).status == "completed"

@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.factories import password_for, superuser
+
 pytestmark = pytest.mark.browser
 
 
@@ -11,10 +13,10 @@ def page(browser_page):
 
 
 def test_admin_login_and_connections_page(live_server, django_user_model, page):
-    django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-cnry7-ops-42")
+    superuser(django_user_model, "ops")
     page.goto(f"{live_server.url}/admin/")
     page.fill("#id_username", "ops")
-    page.fill("#id_password", "pw-cnry7-ops-42")
+    page.fill("#id_password", password_for("ops"))
     page.click("input[type=submit]")
     page.wait_for_selector("#site-name")
     assert "runs_app control room" in page.inner_text("#site-name")

@@ -7,16 +7,12 @@ import pytest
 
 from runs_app import services
 from runs_app.models import Run
-from tests import admin_helpers
 from tests.client_helpers import wait_for
+from tests.factories import password_for, superuser
 
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-results"
-PASSWORD = "pw-cnry7-ops-42"
-
-assistant = admin_helpers.assistant
-remote = admin_helpers.remote
 
 
 @pytest.fixture
@@ -42,7 +38,7 @@ def reload_until(page, selector, text, *, timeout=60.0):
 def log_in(page, live_server):
     page.goto(f"{live_server.url}/admin/login/?next=/admin/runs_app/run/")
     page.fill("#id_username", "ops")
-    page.fill("#id_password", PASSWORD)
+    page.fill("#id_password", password_for("ops"))
     page.click("input[type=submit]")
     page.wait_for_selector("#runs-overview")
     page.click("#toggle-nav-sidebar")  # more room for the list's columns
@@ -52,7 +48,7 @@ def test_operator_answers_a_tool_call_cancels_a_run_and_edits_metadata(live_serv
                                                                        django_user_model, page):
     ARTIFACTS.mkdir(exist_ok=True)
     q_cluster()
-    django_user_model.objects.create_superuser("ops", "ops@example.com", PASSWORD)
+    superuser(django_user_model, "ops")
     waiting = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": "get_weather for Oslo please"}]}, metadata={"ticket": "OPS-1"})
     slow = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
@@ -111,7 +107,7 @@ def test_operator_answers_a_tool_call_cancels_a_run_and_edits_metadata(live_serv
 
 def test_model_output_is_shown_as_text_never_run(live_server, mirror_settings, assistant, remote,
                                                  django_user_model, page):
-    django_user_model.objects.create_superuser("ops", "ops@example.com", PASSWORD)
+    superuser(django_user_model, "ops")
     run = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": "show me some markup [html]"}]})
     wait_for(lambda: remote.retrieve_run(run.thread.remote_id, run.remote_id)["status"] == "completed")

@@ -15,6 +15,7 @@ from django.utils import timezone
 from runs_app.admin.changelist import EstimatedCountPaginator
 from runs_app.admin.runs import csv_cell
 from runs_app.models import Message, OperatorAction, Run, RunEvent, RunStep, Thread
+from tests.factories import VIEW_PERMISSIONS, staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -199,10 +200,8 @@ def test_deleting_a_thread_is_local_and_confirmed(admin_client, mirror_settings,
     assert emulator.state.threads == {}  # nothing was sent to the service
 
 
-def test_a_viewer_sees_no_action_buttons(client, django_user_model):
-    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__in=["view_run", "view_thread"]))
-    client.force_login(user)
+def test_a_viewer_sees_no_action_buttons(client, viewer):
+    client.force_login(viewer)
     run = make_run(make_thread(), 1, "requires_action")
     body = client.get(reverse("admin:runs_app_run_change", args=[run.pk])).content.decode()
     for button in ("action-refresh", "action-metadata", "action-cancel", "action-tool-outputs"):
@@ -271,10 +270,11 @@ def test_bulk_actions_refuse_oversized_selections(admin_client, mirror_settings,
 
 
 def test_export_and_import_need_their_permissions(client, django_user_model):
-    user = django_user_model.objects.create_user("nobody", password="pw", is_staff=True)
+    user = staff_user(django_user_model, "nobody", permissions=())
     client.force_login(user)
     assert client.get(reverse("admin:runs_app_run_export")).status_code == 403
-    user.user_permissions.set(Permission.objects.filter(codename__in=["view_run", "view_thread", "add_thread"]))
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="runs_app",
+                                                        codename__in=[*VIEW_PERMISSIONS, "add_thread"]))
     assert client.get(reverse("admin:runs_app_run_export")).status_code == 200
     assert "Import a thread" in client.get("/admin/runs_app/thread/").content.decode()
     assert client.get(reverse("admin:runs_app_thread_import")).status_code == 200

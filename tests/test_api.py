@@ -10,47 +10,15 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from runs_app import services
-from runs_app.assistants import AssistantsClient
 from runs_app.models import Message, OperatorAction, Run, RunStep
-from tests import users
-from tests.client_helpers import connection_settings, wait_for
-from tests.run_sequences import FUNCTION_TOOL
+from tests.client_helpers import wait_for
+from tests.factories import non_staff_user, password_for, settled, staff_user, waiting_run
 
 pytestmark = pytest.mark.django_db
 
 FRAME = re.compile(rb"event: ([^\n]+)\ndata: ([^\n]*)\n\n")
 ACTION_PERMISSIONS = ["add_thread", "add_run", "cancel_run", "submit_tool_outputs", "change_run_metadata",
                       "refresh_run"]
-
-
-@pytest.fixture
-def remote(emulator):
-    return AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
-
-
-@pytest.fixture
-def assistant(remote):
-    return remote._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [FUNCTION_TOOL]})
-
-
-def make_user(django_user_model, name, *, staff=True, permissions=ACTION_PERMISSIONS):
-    return users.make_user(django_user_model, name, staff=staff, permissions=permissions)
-
-
-@pytest.fixture
-def operator(django_user_model):
-    return make_user(django_user_model, "operator")
-
-
-@pytest.fixture
-def api(operator):
-    client = APIClient()
-    client.force_authenticate(operator)
-    return client
-
-
-def settle(run, statuses=("completed", "failed", "cancelled", "expired", "incomplete", "requires_action")):
-    return wait_for(lambda: (r := services.run_poll(run=Run.objects.get(pk=run.pk))).status in statuses and r)
 
 
 def frames(response):
@@ -65,14 +33,6 @@ def assert_error(response, status, param=None):
     if param is not None:
         assert error["param"] == param, error
     return error
-
-
-def waiting_run(assistant, user=None):
-    run = services.thread_and_run_create(assistant_id=assistant["id"], user=user, thread={"messages": [
-        {"role": "user", "content": "get_weather in Oslo"}]})
-    run = settle(run)
-    assert run.status == "requires_action"
-    return run
 
 
 # --- auth -------------------------------------------------------------------------------------------------
@@ -98,7 +58,7 @@ def test_unauthenticated_is_401_with_a_challenge(method, path):
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 def test_non_staff_is_403(django_user_model, method, path):
     client = APIClient()
-    client.force_authenticate(make_user(django_user_model, "visitor", staff=False))
+    client.force_authenticate(non_staff_user(django_user_model, "visitor"))
     assert_error(getattr(client, method)(path, {}, format="json"), 403)
 
 
@@ -112,8 +72,8 @@ def test_non_staff_is_403(django_user_model, method, path):
 def test_actions_need_the_admins_model_permissions(django_user_model, method, path, permission):
     codename = permission.split(".")[1]
     client = APIClient()
-    client.force_authenticate(make_user(django_user_model, "reader",
-                                        permissions=[p for p in ACTION_PERMISSIONS if p != codename]))
+    client.force_authenticate(staff_user(django_user_model, "reader",
+                                         permissions=[p for p in ACTION_PERMISSIONS if p != codename]))
     error = assert_error(getattr(client, method)(path, {}, format="json"), 403)
     assert permission in error["message"]
     assert client.get("/api/runs/").status_code == 200  # reading needs staff status only
@@ -121,7 +81,8 @@ def test_actions_need_the_admins_model_permissions(django_user_model, method, pa
 
 def test_basic_and_token_authentication(operator):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"operator:pw-operator").decode())
+    basic = base64.b64encode(f"operator:{password_for('operator')}".encode()).decode()
+    client.credentials(HTTP_AUTHORIZATION="Basic " + basic)
     assert client.get("/api/runs/").status_code == 200
     client.credentials(HTTP_AUTHORIZATION="Basic " + base64.b64encode(b"operator:wrong").decode())
     assert_error(client.get("/api/runs/"), 401)
@@ -262,7 +223,7 @@ def test_run_list_filters_ordering_and_cursor_pagination(mirror_settings, api, a
                                            thread={"messages": [{"role": "user", "content": "hi"}]})
     second = waiting_run(assistant)
     services.run_modify_metadata(run=second, metadata={"team": "b"})
-    settle(first)
+    settled(first)
 
     def ids(query):
         response = api.get(f"/api/runs/?{query}")
@@ -308,7 +269,7 @@ def test_cancel(mirror_settings, api, assistant, operator):
     assert response.status_code == 200 and response.json()["status"] == "cancelling"
     assert OperatorAction.objects.get(action="cancel_run").user == operator
     assert_error(api.post(f"/api/runs/{run.remote_id}/cancel/"), 409, "run_id")  # already cancelling
-    settle(run)
+    settled(run)
     error = assert_error(api.post(f"/api/runs/{run.remote_id}/cancel/"), 409, "run_id")
     assert "already cancelled" in error["message"]
     assert_error(api.post("/api/runs/run_nope/cancel/"), 404)
@@ -335,7 +296,7 @@ def test_submit_tool_outputs(mirror_settings, api, assistant, operator):
     assert response.status_code == 200, response.content
     assert response.json()["status"] == "queued" and call_id in response.json()["mirror"]["answered_call_ids"]
     assert OperatorAction.objects.get(action="submit_tool_outputs").user == operator
-    settle(run)
+    settled(run)
     assert_error(api.post(url, {"tool_outputs": [{"tool_call_id": call_id, "output": "x"}]}, format="json"), 409,
                  "run_id")
     assert_error(api.post("/api/runs/run_nope/submit_tool_outputs/", {"tool_outputs": []}, format="json"), 404)

@@ -13,17 +13,16 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import checks
 
 from runs_app import services
-from runs_app.assistants import AssistantsClient
 from runs_app.models import Run
-from tests.client_helpers import connection_settings, wait_for
-from tests.run_sequences import FUNCTION_TOOL
+from tests.factories import TERMINAL, password_for, settled, start_run, superuser
 
 pytestmark = pytest.mark.django_db
 
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
           checks.response_schema_conformance, checks.response_headers_conformance, checks.ignored_auth]
 # identity: the demo site gzips responses for clients that accept it, and the WSGI transport does not inflate.
-AUTH = {"Authorization": "Basic " + base64.b64encode(b"schema-staff:pw").decode(), "Accept-Encoding": "identity"}
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"schema-staff:{password_for('schema-staff')}".encode()).decode(),
+        "Accept-Encoding": "identity"}
 EXAMPLES_PER_OPERATION = 10
 
 
@@ -40,16 +39,12 @@ def wsgi_in_test_transaction():
 
 
 @pytest.fixture
-def seeded(mirror_settings, emulator, django_user_model):
-    django_user_model.objects.create_superuser("schema-staff", "s@example.com", "pw")
-    remote = AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
-    assistant = remote._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [FUNCTION_TOOL]})
-    waiting = services.thread_and_run_create(assistant_id=assistant["id"], metadata={"team": "ops"},
-                                             thread={"messages": [{"role": "user", "content": "get_weather"}]})
-    wait_for(lambda: services.run_poll(run=Run.objects.get(pk=waiting.pk)).status == "requires_action")
-    done = services.thread_and_run_create(assistant_id=assistant["id"],
-                                          thread={"messages": [{"role": "user", "content": "hello"}]})
-    wait_for(lambda: services.run_poll(run=Run.objects.get(pk=done.pk)).status == "completed")
+def seeded(mirror_settings, assistant, django_user_model):
+    superuser(django_user_model, "schema-staff")
+    waiting = settled(start_run(assistant, "get_weather", metadata={"team": "ops"}))
+    assert waiting.status == "requires_action"
+    done = settled(start_run(assistant, "hello"), TERMINAL)
+    assert done.status == "completed"
     services.run_refresh(run=Run.objects.get(pk=done.pk))
     step = Run.objects.get(pk=done.pk).steps.first()
     message = Run.objects.get(pk=done.pk).thread.messages.first()

@@ -13,12 +13,6 @@ from tests.client_helpers import connection_settings, wait_for
 TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
 
 
-@pytest.fixture
-def assistant(emulator):
-    setup = AssistantsClient("setup", settings=connection_settings("openai", emulator))
-    return setup._request("POST", "/assistants", json={"model": "gpt-4o", "name": "plain"})
-
-
 def make_client(emulator, *, sleeps=None, kind="azure_openai", real_sleep=False, **kwargs):
     """A client whose backoff sleeps are recorded (and only really slept with ``real_sleep``)."""
 
@@ -115,10 +109,9 @@ def test_lost_create_thread_and_run_response_never_duplicates_the_run(emulator, 
     assert [r["id"] for r in client.list_runs(run["thread_id"])["data"]] == [run["id"]]
 
 
-def test_lost_submit_tool_outputs_response_is_settled(emulator):
-    setup = AssistantsClient("setup", settings=connection_settings("openai", emulator))
+def test_lost_submit_tool_outputs_response_is_settled(emulator, remote):
     tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
-    asst = setup._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [tool]})
+    asst = remote.create_assistant(model="gpt-4o", tools=[tool])
     client = make_client(emulator)
     run = client.create_thread_and_run(assistant_id=asst["id"],
                                        thread={"messages": [{"role": "user", "content": "please lookup"}]})

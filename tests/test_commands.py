@@ -9,7 +9,6 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from runs_app import services
-from runs_app.assistants import AssistantsClient
 from runs_app.models import ConnectionState, PollerLane, Run, Thread
 from tests.client_helpers import wait_for
 
@@ -18,33 +17,23 @@ pytestmark = pytest.mark.django_db
 TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
 
 
-@pytest.fixture
-def client(mirror_settings):
-    return AssistantsClient("default")
-
-
-@pytest.fixture
-def assistant(client):
-    return client.create_assistant(model="gpt-4o", name="plain")
-
-
 def run_command(*args):
     out, err = io.StringIO(), io.StringIO()
     call_command(*args, stdout=out, stderr=err)
     return out.getvalue(), err.getvalue()
 
 
-def remote_status(client, run, statuses):
+def remote_status(remote, run, statuses):
     """Wait until the service shows the run in one of ``statuses``."""
-    return wait_for(lambda: client.retrieve_run(run.thread.remote_id, run.remote_id)["status"] in statuses)
+    return wait_for(lambda: remote.retrieve_run(run.thread.remote_id, run.remote_id)["status"] in statuses)
 
 
 # --- runs_import_thread ------------------------------------------------------------------------------
 
-def test_import_thread_mirrors_runs_and_messages_and_prints_counts(client, assistant):
-    thread = client.create_thread(messages=[{"role": "user", "content": "Hello there"}])
-    run = client.create_run(thread["id"], assistant_id=assistant["id"])
-    wait_for(lambda: client.retrieve_run(thread["id"], run["id"])["status"] == "completed")
+def test_import_thread_mirrors_runs_and_messages_and_prints_counts(mirror_settings, remote, assistant):
+    thread = remote.create_thread(messages=[{"role": "user", "content": "Hello there"}])
+    run = remote.create_run(thread["id"], assistant_id=assistant["id"])
+    wait_for(lambda: remote.retrieve_run(thread["id"], run["id"])["status"] == "completed")
 
     out, _ = run_command("runs_import_thread", thread["id"])
 
@@ -80,10 +69,10 @@ def mirrored_run(assistant, text="Hello"):
     return services.run_create(thread=thread, assistant_id=assistant["id"])
 
 
-def test_refresh_brings_the_mirror_up_to_the_service(client, assistant):
+def test_refresh_brings_the_mirror_up_to_the_service(mirror_settings, remote, assistant):
     run = mirrored_run(assistant)
     assert run.status == "queued"
-    remote_status(client, run, {"completed"})
+    remote_status(remote, run, {"completed"})
 
     out, _ = run_command("runs_refresh", run.remote_id)
 
@@ -92,12 +81,12 @@ def test_refresh_brings_the_mirror_up_to_the_service(client, assistant):
     assert run.status == "completed" and run.messages.filter(role="assistant").exists()
 
 
-def test_refresh_reports_each_failure_and_goes_on(client, assistant):
+def test_refresh_reports_each_failure_and_goes_on(mirror_settings, remote, assistant):
     gone, alive = mirrored_run(assistant), mirrored_run(assistant)
-    remote_status(client, gone, TERMINAL)
-    remote_status(client, alive, TERMINAL)
+    remote_status(remote, gone, TERMINAL)
+    remote_status(remote, alive, TERMINAL)
     # The service forgets one thread (deleted elsewhere): its run's refresh fails with the service's 404.
-    client._request("DELETE", f"/threads/{gone.thread.remote_id}")
+    remote._request("DELETE", f"/threads/{gone.thread.remote_id}")
 
     out, err = io.StringIO(), io.StringIO()
     with pytest.raises(CommandError, match="2 of 3 runs could not be refreshed"):
@@ -109,11 +98,11 @@ def test_refresh_reports_each_failure_and_goes_on(client, assistant):
     assert "run_notmirrored: not in the mirror; import its thread first" in errors
 
 
-def test_refresh_all_active_refreshes_every_run_not_yet_terminal(client, assistant):
+def test_refresh_all_active_refreshes_every_run_not_yet_terminal(mirror_settings, remote, assistant):
     slow = mirrored_run(assistant, "[slow:600] a long answer")
     done = mirrored_run(assistant, "quick")
-    remote_status(client, done, {"completed"})
-    remote_status(client, slow, {"in_progress"})
+    remote_status(remote, done, {"completed"})
+    remote_status(remote, slow, {"in_progress"})
 
     out, _ = run_command("runs_refresh", "--all-active")
 
@@ -132,7 +121,7 @@ def test_refresh_needs_run_ids_or_all_active(mirror_settings):
 # --- runs_sync_status --------------------------------------------------------------------------------
 
 @pytest.fixture
-def engine_state(client, assistant):
+def engine_state(mirror_settings, assistant):
     """Two active runs (one claimed), a paused connection and two lanes, one of them stale."""
     slow = mirrored_run(assistant, "[slow:600] a long answer")
     waiting = mirrored_run(assistant, "[slow:600] another")

@@ -9,16 +9,14 @@ import time
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from rest_framework.test import APIClient
 
 from runs_app import poller, services
 from runs_app.assistants import AssistantsClient
 from runs_app.mirror import ordering, upsert
 from runs_app.models import ConnectionState, Message, OperatorAction, Run, Thread
 from runs_app.ops.sync_status import sync_status
-from tests import users
 from tests.client_helpers import wait_for
-from tests.test_poller import final
+from tests.factories import api_client, finished_by_the_poller, staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -59,18 +57,6 @@ def texts(thread):
 def remote_texts(remote, thread_id):
     return [(m["role"], "\n".join(b["text"]["value"] for b in m["content"] if b["type"] == "text"))
             for m in remote.iter_messages(thread_id, order="asc")]
-
-
-@pytest.fixture
-def operator(django_user_model):
-    return users.make_user(django_user_model, "operator", permissions=["add_thread", "add_run", "add_message"])
-
-
-@pytest.fixture
-def api(operator):
-    client = APIClient()
-    client.force_authenticate(operator)
-    return client
 
 
 # --- the sync -------------------------------------------------------------------------------------------------
@@ -227,8 +213,7 @@ def test_api_refuses_a_bad_message_naming_the_field_and_sends_nothing(mirror_set
 
 def test_adding_a_message_needs_its_own_permission(mirror_settings, django_user_model, remote):
     thread = services.thread_create()
-    client = APIClient()
-    client.force_authenticate(users.make_user(django_user_model, "runner", permissions=["add_run", "add_thread"]))
+    client = api_client(staff_user(django_user_model, "runner", permissions=["add_run", "add_thread"]))
     response = client.post(f"/api/threads/{thread.remote_id}/messages/", {"role": "user", "content": "hi"},
                            format="json")
     assert response.status_code == 403 and "runs_app.add_message" in response.json()["error"]["message"]
@@ -331,7 +316,7 @@ def test_a_thread_created_elsewhere_is_tracked_within_the_discovery_interval(q_c
     wait_for(lambda: texts(thread) == [("user", "made by another app")], timeout=5)
     run = client.create_run(outside["id"], assistant_id=client.create_assistant(model="gpt-4o")["id"])
     mirrored = wait_for(lambda: Run.objects.filter(remote_id=run["id"]).first(), timeout=20)
-    assert final(mirrored).status == "completed"
+    assert finished_by_the_poller(mirrored).status == "completed"
     wait_for(lambda: [r for r, _ in texts(thread)] == ["user", "assistant"], timeout=20)
 
 

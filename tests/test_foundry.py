@@ -1,22 +1,21 @@
 """runs_app on Foundry classic agents, as deployed: ``KIND = "foundry_agents"``, ``AUTH = "entra"`` with no credential
 configured, so azure-identity's DefaultAzureCredential takes a managed identity token (the ``managed_identity``
-fixture) for ``https://ai.azure.com`` — the scenarios ``tests/test_foundry_sdk.py`` drives with Microsoft's SDK,
-through runs_app's client, services, relay and mirror, and the Foundry wire facts of protocol.md §10."""
+fixture) for ``https://ai.azure.com`` — the scenarios ``assistants_emulator/tests/test_foundry_sdk.py`` drives with
+Microsoft's SDK, through runs_app's client, services, relay and mirror, and the Foundry wire facts of protocol.md §10.
+"""
 
 import time
 
 import pytest
-from rest_framework.test import APIClient
 
 from runs_app import poller, services
 from runs_app.assistants import AssistantsClient, RateLimited
 from runs_app.mirror import ordering, upsert
 from runs_app.models import ConnectionState, Message, Run, RunStep
 from runs_app.web import relay
-from tests import users
 from tests.client_helpers import wait_for
 from tests.conftest import FAST_POLLER, MaskedSettings
-from tests.run_sequences import FUNCTION_TOOL
+from tests.factories import api_client, staff_user, weather_assistant
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +31,8 @@ def foundry(settings, emulator, managed_identity):
 
 @pytest.fixture
 def agent(foundry):
-    return foundry.create_assistant(model="gpt-4o", name="ops", tools=[FUNCTION_TOOL])
+    """The weather assistant, created through runs_app's own Foundry client (Entra token, project endpoint)."""
+    return weather_assistant(foundry)
 
 
 def polled(run, statuses=TERMINAL):
@@ -105,8 +105,7 @@ def test_the_mirror_of_a_foundry_conversation(foundry, agent, django_user_model)
     prompt, answer = Message.objects.filter(thread=run.thread).order_by(*Message.THREAD_ORDER)
     assert (prompt.role, prompt.text, prompt.status) == ("user", "hello foundry", "completed")
     assert answer.run == run and answer.status == "completed" and "hello foundry" in answer.text
-    api = APIClient()
-    api.force_authenticate(users.make_user(django_user_model, "viewer", permissions=[]))
+    api = api_client(staff_user(django_user_model, "reader", permissions=()))  # reading needs staff status only
     usage = api.get(f"/api/runs/{run.remote_id}/").json()["usage"]
     assert usage["prompt_token_details"] == {"cached_tokens": 0} and usage["total_tokens"] == run.total_tokens > 0
 

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from runs_app import poller, services
 from runs_app.models import Run
-from runs_app.poller.polling import Unchanged, release_unchanged
+from runs_app.poller.polling import release_unchanged
 from tests.client_helpers import wait_for
 
 pytestmark = pytest.mark.django_db

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff(django_user_model):
-    user = django_user_model.objects.create_user("ops", password="pw-ops", is_staff=True)
+def staff(viewer):
+    """A test client logged in as staff (who may see /healthz's details and /metrics)."""
     client = Client()
-    client.force_login(user)
+    client.force_login(viewer)
     return client
 
 

@@ -11,11 +11,11 @@ import requests
 
 from runs_app import services
 from runs_app.models import Run
+from tests.factories import password_for, superuser
 
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(os.environ.get("RUNS_APP_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "runs_app-test-artifacts")
-PASSWORD = "live-pass-42"
 HTML = "<img src=x onerror=alert(1)>"
 ASSISTANT_TEXT = "#messages li.role-assistant .text"
 
@@ -29,7 +29,7 @@ def shot(page, name):
 def stack(live_server, q_cluster, django_user_model):
     """web (live server) + q cluster + emulator, and a superuser for the page and the API."""
     q_cluster()
-    django_user_model.objects.create_superuser("ops", "ops@example.com", PASSWORD)
+    superuser(django_user_model, "ops")
     return live_server
 
 
@@ -41,15 +41,17 @@ def page(browser_page, stack):
     browser_page.set_default_timeout(30_000)
     browser_page.goto(f"{stack.url}/admin/login/")
     browser_page.fill("#id_username", "ops")
-    browser_page.fill("#id_password", PASSWORD)
+    browser_page.fill("#id_password", password_for("ops"))
     browser_page.click("input[type=submit]")
     browser_page.wait_for_selector("#site-name")
     yield browser_page
     assert dialogs == [], f"a script ran: {dialogs}"
 
 
-def api(stack, path, method="GET", **kwargs):
-    response = requests.request(method, f"{stack.url}/api{path}", auth=("ops", PASSWORD), timeout=30, **kwargs)
+def site_api(stack, path, method="GET", **kwargs):
+    """The site's REST API over real HTTP, as the superuser of the page."""
+    response = requests.request(method, f"{stack.url}/api{path}", auth=("ops", password_for("ops")), timeout=30,
+                                **kwargs)
     response.raise_for_status()
     return response.json()
 
@@ -94,9 +96,9 @@ def test_start_a_run_and_watch_its_text_stream_in(page, stack, assistant):
     shot(page, "completed")
 
     run_id = run_id_on(page)
-    mirrored = api(stack, f"/runs/{run_id}/")
+    mirrored = site_api(stack, f"/runs/{run_id}/")
     assert mirrored["status"] == "completed"
-    messages = api(stack, f"/threads/{thread.remote_id}/messages/")["data"]
+    messages = site_api(stack, f"/threads/{thread.remote_id}/messages/")["data"]
     answer = [m for m in messages if m["role"] == "assistant" and m["run_id"] == run_id]
     assert answer[0]["content"][0]["text"]["value"] == final
     wait_status(watcher, "completed")
@@ -123,8 +125,8 @@ def test_a_function_tool_run_stops_for_outputs_and_continues(page, stack, assist
     shot(page, "tool-run-completed")
 
     run_id = run_id_on(page)
-    assert api(stack, f"/runs/{run_id}/")["status"] == "completed"
-    steps = api(stack, f"/runs/{run_id}/steps/")["data"]
+    assert site_api(stack, f"/runs/{run_id}/")["status"] == "completed"
+    steps = site_api(stack, f"/runs/{run_id}/steps/")["data"]
     outputs = [c["function"]["output"] for s in steps if s["type"] == "tool_calls"
                for c in s["step_details"]["tool_calls"]]
     assert outputs == ["rainy, 9 C"]
@@ -133,7 +135,7 @@ def test_a_function_tool_run_stops_for_outputs_and_continues(page, stack, assist
 
 
 def test_a_run_started_elsewhere_is_watched_to_completion(page, stack, assistant, remote):
-    created = api(stack, "/threads/runs/", "POST", json={"assistant_id": assistant["id"], "thread": {
+    created = site_api(stack, "/threads/runs/", "POST", json={"assistant_id": assistant["id"], "thread": {
         "messages": [{"role": "user", "content": "slowly please [slow:3] [words:25]"}]}})
     page.goto(f"{stack.url}/runs/{created['id']}/live/")
     page.wait_for_selector('#run-status[data-status="in_progress"], #run-status[data-status="queued"]')

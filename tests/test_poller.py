@@ -10,13 +10,11 @@ from django.utils import timezone
 
 from assistants_emulator import serve_in_thread
 from runs_app import poller, services, signals
-from runs_app.assistants import AssistantsClient, AssistantsError
+from runs_app.assistants import AssistantsError
 from runs_app.models import ConnectionState, PollerLane, Run, Thread
-from tests.client_helpers import connection_settings, wait_for
-from tests.conftest import FAST_POLLER, emulator_connection
-from tests.run_sequences import FUNCTION_TOOL
-
-TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
+from tests.client_helpers import wait_for
+from tests.conftest import FAST_POLLER, QCluster, emulator_connection
+from tests.factories import finished_by_the_poller, remote_client, weather_assistant
 
 
 def make_run(thread, status="in_progress", **fields):
@@ -189,11 +187,6 @@ def test_watchdog_schedule_exists_after_migrate():
 
 # --- with real q clusters --------------------------------------------------------------------------------
 
-def final(run, timeout=30):
-    return wait_for(lambda: (r := Run.objects.get(pk=run.pk)).status in TERMINAL and r.steps_synced_for.startswith(
-        r.status) and r, timeout=timeout)
-
-
 def test_every_status_path_ends_right_with_steps_and_text(q_cluster, assistant, remote):
     q_cluster()
     texts = {
@@ -212,7 +205,7 @@ def test_every_status_path_ends_right_with_steps_and_text(q_cluster, assistant, 
         {"tool_call_id": c["id"], "output": "cloudy"} for c in waiting.pending_tool_calls])
     for key, expected in [("completed", "completed"), ("failed", "failed"), ("incomplete", "incomplete"),
                           ("cancelled", "cancelled"), ("tools", "completed")]:
-        run = final(runs[key])
+        run = finished_by_the_poller(runs[key])
         truth = remote.retrieve_run(run.thread.remote_id, run.remote_id)
         assert run.status == truth["status"] == expected, key
         remote_steps = list(remote.iter_run_steps(run.thread.remote_id, run.remote_id))
@@ -226,14 +219,11 @@ def test_every_status_path_ends_right_with_steps_and_text(q_cluster, assistant, 
     assert history[-1] == "completed" and "requires_action" in history
 
 
-def test_expired_run(transactional_db, settings):
-    _, short = serve_in_thread(api_key="k", speed=50, expire_after=2, control=True)
+def test_a_run_left_waiting_for_tool_outputs_expires_and_its_steps_expire_with_it(transactional_db, settings):
+    _, short = serve_in_thread(api_key="k-expiry-cnry7-0001", speed=50, expire_after=2, control=True)
     with short:
         settings.RUNS_APP = {"CONNECTIONS": {"default": emulator_connection(short)}, **FAST_POLLER}
-        remote = AssistantsClient("remote", settings=connection_settings("azure_openai", short))
-        asst = remote._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [FUNCTION_TOOL]})
-        from tests.conftest import QCluster
-
+        asst = weather_assistant(remote_client(short))
         cluster = QCluster(settings.RUNS_APP)
         try:
             # The run expires 2 s after it is created: start it only once the poller runs (a slow machine
@@ -242,8 +232,9 @@ def test_expired_run(transactional_db, settings):
             run = services.thread_and_run_create(assistant_id=asst["id"], thread={"messages": [
                 {"role": "user", "content": "get_weather please"}]})
             wait_for(lambda: Run.objects.get(pk=run.pk).status == "requires_action", timeout=20)
-            run = final(run)
+            run = finished_by_the_poller(run)
             assert run.status == "expired" and run.expires_at is None
+            assert [(s.type, s.status) for s in run.steps.all()] == [("tool_calls", "expired")]
         finally:
             PollerLane.objects.update(token="")
             cluster.stop()
@@ -254,7 +245,7 @@ def test_run_created_elsewhere_on_a_tracked_thread_appears(q_cluster, assistant,
     q_cluster()
     outside = remote.create_run(thread.remote_id, assistant_id=assistant["id"])  # not through runs_app
     run = wait_for(lambda: Run.objects.filter(remote_id=outside["id"]).first(), timeout=20)
-    assert final(run).status == "completed"
+    assert finished_by_the_poller(run).status == "completed"
     assert run.events.first().source == "list"
 
 
@@ -263,7 +254,7 @@ def test_faults_delay_but_never_corrupt_the_mirror(q_cluster, emulator, assistan
     runs = [services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": f"run {i} [words:{5 + i}]"}]}) for i in range(8)]
     emulator.set_faults({"429": 0.1, "5xx": 0.05, "reset": 0.05})
-    mirrored = [final(run, timeout=60) for run in runs]
+    mirrored = [finished_by_the_poller(run, timeout=60) for run in runs]
     emulator.set_faults({})  # the truth is read without faults, so the check itself cannot flake
     for i, run in enumerate(mirrored):
         truth = remote.retrieve_run(run.thread.remote_id, run.remote_id)
@@ -290,7 +281,7 @@ def test_killing_a_worker_mid_cycle_loses_nothing(q_cluster, assistant, remote, 
     q_cluster(LANE_STALE_AFTER=3.0)
     wait_for(lambda: PollerLane.objects.get(lane=0).token != dead_token, timeout=20)
     for run in slow:
-        assert final(run, timeout=40).status == "completed"
+        assert finished_by_the_poller(run, timeout=40).status == "completed"
 
 
 def test_a_silent_lane_is_started_again_within_lane_stale_after(q_cluster, assistant, settings):
@@ -348,7 +339,7 @@ def test_two_clusters_never_poll_the_same_run_in_one_cycle(q_cluster, assistant,
     runs = [services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": f"r{i} [slow:1]"}]}) for i in range(12)]
     for run in runs:
-        assert final(run, timeout=40).status == "completed"
+        assert finished_by_the_poller(run, timeout=40).status == "completed"
     PollerLane.objects.update(token="")
     logs = a.stop() + b.stop()
     events = []

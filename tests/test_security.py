@@ -18,7 +18,7 @@ from runs_app.assistants import AssistantsClient, AssistantsError
 from runs_app.mirror import upsert
 from runs_app.mirror.ordering import Observation
 from runs_app.models import OperatorAction, Run, Source, Thread
-from tests.client_helpers import connection_settings
+from tests.factories import non_staff_user, superuser
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +61,7 @@ def test_the_sweep_covers_every_kind_of_url():
 def test_every_page_and_endpoint_refuses_anonymous_and_non_staff_users(who, django_user_model, mirror_settings):
     client = Client()
     if who == "non-staff":
-        client.force_login(django_user_model.objects.create_user("clerk", password="pw-clerk-1", is_staff=False))
+        client.force_login(non_staff_user(django_user_model, "clerk"))
     Thread.objects.create(remote_id="thread_id_1")
     for url in project_urls():
         for method in ("get", "post"):
@@ -73,7 +73,7 @@ def test_every_page_and_endpoint_refuses_anonymous_and_non_staff_users(who, djan
 
 
 def test_every_state_changing_view_needs_csrf(django_user_model, mirror_settings, assistant):
-    admin = django_user_model.objects.create_superuser("boss", "b@example.com", "pw-boss-1")
+    admin = superuser(django_user_model, "boss")
     run = services.thread_and_run_create(assistant_id=assistant["id"], thread={
         "messages": [{"role": "user", "content": "call get_weather [slow:30]"}]})
     client = Client(enforce_csrf_checks=True)
@@ -98,7 +98,7 @@ def test_every_state_changing_view_needs_csrf(django_user_model, mirror_settings
 def test_no_key_in_responses_pages_logs_or_exceptions(django_user_model, emulator, settings, caplog, assistant):
     """Failing and succeeding calls with the key configured: the key shows up nowhere."""
     caplog.set_level(logging.DEBUG)
-    admin = django_user_model.objects.create_superuser("boss", "b@example.com", "pw-boss-1")
+    admin = superuser(django_user_model, "boss")
     client = Client()
     client.force_login(admin)
     seen = []
@@ -132,7 +132,7 @@ def test_no_key_in_responses_pages_logs_or_exceptions(django_user_model, emulato
 def test_hostile_text_is_escaped_in_admin_live_page_and_csv(django_user_model, mirror_settings, assistant):
     """Model output, metadata values, tool arguments and error messages carrying HTML are shown as text;
     CSV cells that a spreadsheet would evaluate are neutralised."""
-    admin = django_user_model.objects.create_superuser("boss", "b@example.com", "pw-boss-1")
+    admin = superuser(django_user_model, "boss")
     client = Client()
     client.force_login(admin)
     thread = services.thread_create()
@@ -181,8 +181,8 @@ def test_the_emulator_control_endpoint_is_off_unless_asked_for():
 
 
 def test_deleting_a_thread_in_the_admin_asks_first_and_never_deletes_remotely(django_user_model, mirror_settings,
-                                                                              assistant, emulator):
-    admin = django_user_model.objects.create_superuser("boss", "b@example.com", "pw-boss-1")
+                                                                              assistant, remote):
+    admin = superuser(django_user_model, "boss")
     client = Client()
     client.force_login(admin)
     run = services.thread_and_run_create(assistant_id=assistant["id"], thread={
@@ -195,5 +195,4 @@ def test_deleting_a_thread_in_the_admin_asks_first_and_never_deletes_remotely(dj
     assert Thread.objects.filter(pk=thread.pk).exists()  # asking deletes nothing
     assert client.post(url, {"post": "yes"}).status_code == 302
     assert not Thread.objects.filter(pk=thread.pk).exists() and not Run.objects.filter(pk=run.pk).exists()
-    remote = AssistantsClient("remote", settings=connection_settings("azure_openai", emulator))
     assert remote.retrieve_thread(thread.remote_id)["id"] == thread.remote_id  # still on the service

@@ -7,17 +7,9 @@ from runs_app import services
 from runs_app.assistants import BadRequest
 from runs_app.models import Message, OperatorAction, Run, RunEvent, RunStep
 from tests.client_helpers import wait_for
+from tests.factories import settled, waiting_run
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def operator(django_user_model):
-    return django_user_model.objects.create_user("operator", password="x")
-
-
-def settle(run, statuses=("completed", "failed", "cancelled", "expired", "incomplete", "requires_action")):
-    return wait_for(lambda: (r := services.run_poll(run=Run.objects.get(pk=run.pk))).status in statuses and r)
 
 
 def test_thread_create_and_run_create_are_audited(mirror_settings, assistant, operator):
@@ -48,10 +40,7 @@ def test_metadata_limits_are_field_errors_before_any_remote_call(mirror_settings
 
 
 def test_submit_tool_outputs_validates_all_and_only_the_pending_calls(mirror_settings, assistant, operator):
-    run = services.thread_and_run_create(assistant_id=assistant["id"], user=operator,
-                                         thread={"messages": [{"role": "user", "content": "get_weather in Oslo"}]})
-    run = settle(run)
-    assert run.status == "requires_action"
+    run = waiting_run(assistant, user=operator)
     call_id = run.pending_tool_calls[0]["id"]
     for outputs, reason in [
         ([], "one output per pending"),
@@ -65,7 +54,7 @@ def test_submit_tool_outputs_validates_all_and_only_the_pending_calls(mirror_set
     run = services.run_submit_tool_outputs(run=run, tool_outputs=[{"tool_call_id": call_id, "output": "sunny"}],
                                            user=operator)
     assert run.status == "queued" and call_id in run.answered_call_ids
-    final = settle(run)
+    final = settled(run)
     assert final.status == "completed"
     assert "sunny" in Message.objects.filter(run=final, role="assistant").get().text
     step = RunStep.objects.get(run=final, type="tool_calls")
@@ -81,7 +70,7 @@ def test_cancel_and_modify_metadata(mirror_settings, assistant, operator):
     assert run.metadata == {"owner": "ops"}
     run = services.run_cancel(run=run, user=operator)
     assert run.status == "cancelling"
-    assert settle(run).status == "cancelled"
+    assert settled(run).status == "cancelled"
     with pytest.raises(services.RunStateConflict, match="already cancelled"):
         services.run_cancel(run=Run.objects.get(pk=run.pk))
 

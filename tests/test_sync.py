@@ -12,7 +12,8 @@ from runs_app import signals
 from runs_app.mirror import ordering, upsert
 from runs_app.mirror.ordering import Observation
 from runs_app.models import Message, Run, RunEvent, RunStep, Thread
-from tests.run_sequences import record_sequences
+from tests.factories import WEATHER_TOOL, remote_client
+from tests.run_sequences import ALL_SHAPES, load_sequences, record_sequences
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -22,9 +23,9 @@ def at(seconds: float, until: float | None = None, source="poll") -> Observation
 
 
 @pytest.fixture(scope="module")
-def sequences(emulator_server):
-    emulator_server.reset()
-    return record_sequences(emulator_server)
+def sequences():
+    """The frozen run payload sequences (fixtures/run_sequences/), by shape."""
+    return load_sequences()
 
 
 def fresh(sequence):
@@ -43,11 +44,24 @@ def apply(payload, seen):
 pytestmark = pytest.mark.django_db
 
 
-def test_sequences_are_real(sequences):
+def test_the_frozen_sequences_are_whole_runs_of_one_id(sequences):
+    assert set(sequences) == set(ALL_SHAPES)
     assert [p["status"] for p in sequences["completed"]] == ["queued", "queued", "in_progress", "completed"]
     statuses = [p["status"] for p in sequences["tool_round_trip"]]
     waiting = statuses.index("requires_action")
     assert statuses[waiting:] == ["requires_action", "queued", "in_progress", "completed"]
+    for shape, payloads in sequences.items():
+        assert len({(p["id"], p["thread_id"]) for p in payloads}) == 1, shape
+        assert payloads[-1]["status"] == shape.replace("tool_round_trip", "completed"), shape
+
+
+def test_the_frozen_sequences_still_match_what_the_emulator_sends(emulator, sequences):
+    """Drift: recorded afresh, every shape has the frozen statuses in the frozen order and the same fields.
+    When the emulator changes on purpose, re-record: `.venv/bin/python -m tests.run_sequences`."""
+    fresh_recording = record_sequences(emulator)
+    for shape in ALL_SHAPES:
+        assert [p["status"] for p in fresh_recording[shape]] == [p["status"] for p in sequences[shape]], shape
+        assert [sorted(p) for p in fresh_recording[shape]] == [sorted(p) for p in sequences[shape]], shape
 
 
 def test_fields_are_mapped_and_raw_is_kept(sequences):
@@ -153,14 +167,9 @@ def test_status_change_is_timelined_with_its_source_and_signalled_on_commit(
         ("", "queued", "stream"), ("queued", "requires_action", "poll")]
 
 
-def test_stream_events_fold_message_and_step_deltas(emulator_server):
-    from runs_app.assistants import AssistantsClient
-    from tests.client_helpers import connection_settings
-    from tests.run_sequences import FUNCTION_TOOL
-
-    emulator_server.reset()
-    client = AssistantsClient("rec", settings=connection_settings("openai", emulator_server))
-    assistant = client._request("POST", "/assistants", json={"model": "gpt-4o", "tools": [FUNCTION_TOOL]})
+def test_stream_events_fold_message_and_step_deltas(emulator):
+    client = remote_client(emulator, "openai")
+    assistant = client.create_assistant(model="gpt-4o", tools=[WEATHER_TOOL])
     stream = client.create_thread_and_run_stream(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": "Hello ünïcode 【4:0†source】 [words:12]"}]})
     started = T0
