@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: run test lint ci-test clean
+.PHONY: run test test-fast lint ci-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,15 @@ run: $(VENV)/.installed-run
 	PATH="$(BIN):$$PATH" exec $(BIN)/honcho -f Procfile start $$procs
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-test: $(VENV)/.installed-dev
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+PYTEST_NOTHING_IS_A_FAILURE = rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+test: $(VENV)/.installed-dev
+	@$(BIN)/pytest $(PYTEST_ARGS); $(PYTEST_NOTHING_IS_A_FAILURE)
+
+# Everything but the tests marked slow (real q clusters, Chromium, the soak and bench smokes): under a minute.
+test-fast: $(VENV)/.installed-dev
+	@$(BIN)/pytest -m "not slow" $(PYTEST_ARGS); $(PYTEST_NOTHING_IS_A_FAILURE)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

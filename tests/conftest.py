@@ -213,6 +213,20 @@ def q_cluster(transactional_db, mirror_settings):
         cluster.stop()
 
 
+# --- the slow tests: `make test-fast` (pytest -m "not slow") leaves them out --------------------------------------
+
+# A test using one of these starts a real q cluster (a manage.py qcluster subprocess) or a real Chromium.
+SLOW_FIXTURES = frozenset({"q_cluster", "browser_page"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``slow`` every test that uses a fixture of SLOW_FIXTURES (the fixtures it uses through others count).
+    A test that starts such a process itself carries ``@pytest.mark.slow`` by hand."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     """Keep pytest's --log-file handler working for the whole run (CI searches that file for secrets).

@@ -112,7 +112,7 @@ def test_refresh_button_reports_a_remote_error(mirror_settings, assistant, admin
     assert Run.objects.get(pk=run.pk).status == "queued"
 
 
-def test_refresh_without_permission(mirror_settings, assistant, client, viewer):
+def test_refresh_without_permission_is_refused_and_not_audited(mirror_settings, assistant, client, viewer):
     client.force_login(viewer)
     run = start_run(assistant, "quick")
     assert client.post(url("refresh", run)).status_code == 403
@@ -172,7 +172,7 @@ def test_metadata_field_error_is_on_the_key(mirror_settings, assistant, admin_cl
     assert formset.forms[0].errors == {"key": ["Keys are limited to 64 characters; this one has 65."]}
 
 
-def test_metadata_without_permission(mirror_settings, assistant, client, viewer):
+def test_metadata_without_permission_is_refused_and_changes_nothing(mirror_settings, assistant, client, viewer):
     client.force_login(viewer)
     run = start_run(assistant, "slowly [slow:30]")
     assert client.get(url("metadata", run)).status_code == 403
@@ -301,7 +301,7 @@ def test_import_thread_by_id(mirror_settings, assistant, admin_client, remote):
     assert audit_rows("import_thread") == [("import_thread", thread["id"], True)]
 
 
-def test_import_thread_errors(mirror_settings, admin_client):
+def test_import_thread_shows_a_bad_id_or_the_services_404_and_imports_nothing(mirror_settings, admin_client):
     import_url = reverse("admin:runs_app_thread_import")
     response = admin_client.post(import_url, {"thread_id": "../etc", "connection": "default"})
     assert "Give a thread id such as thread_abc123." in response.content.decode()

@@ -90,7 +90,7 @@ def test_basic_and_token_authentication(operator):
     assert client.get("/api/runs/").status_code == 200
 
 
-def test_session_authentication(client, operator):
+def test_a_logged_in_session_authenticates_to_the_api(client, operator):
     client.force_login(operator)
     assert client.get("/api/threads/").status_code == 200
 
@@ -136,7 +136,7 @@ def test_create_thread_invalid_bodies_name_the_field(mirror_settings, api, body,
     assert_error(api.post("/api/threads/", body, format="json"), 400, param)
 
 
-def test_import_thread(mirror_settings, api, remote, assistant):
+def test_import_thread_mirrors_its_runs_and_refuses_a_bad_id_or_connection(mirror_settings, api, remote, assistant):
     thread = remote.create_thread(messages=[{"role": "user", "content": "hi"}])
     run = remote.create_run(thread["id"], assistant_id=assistant["id"])
     wait_for(lambda: remote.retrieve_run(thread["id"], run["id"])["status"] == "completed")
@@ -250,7 +250,7 @@ def test_run_list_filters_ordering_and_cursor_pagination(mirror_settings, api, a
     assert not rest["has_more"]
 
 
-def test_modify_metadata(mirror_settings, api, assistant, operator):
+def test_patching_metadata_is_audited_and_a_bad_body_names_the_field(mirror_settings, api, assistant, operator):
     run = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": "hi"}]})
     response = api.patch(f"/api/runs/{run.remote_id}/", {"metadata": {"owner": "ops"}}, format="json")
@@ -262,7 +262,8 @@ def test_modify_metadata(mirror_settings, api, assistant, operator):
     assert_error(api.patch("/api/runs/run_nope/", {"metadata": {}}, format="json"), 404)
 
 
-def test_cancel(mirror_settings, api, assistant, operator):
+def test_cancel_answers_cancelling_is_audited_and_is_refused_once_cancelling_or_cancelled(
+        mirror_settings, api, assistant, operator):
     run = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": "slowly [slow:30]"}]})
     response = api.post(f"/api/runs/{run.remote_id}/cancel/")
@@ -283,7 +284,8 @@ def test_cancel_when_the_mirror_is_stale_passes_the_services_400_through(mirror_
     assert "Cannot cancel run" in error["message"] and error["request_id"]
 
 
-def test_submit_tool_outputs(mirror_settings, api, assistant, operator):
+def test_submit_tool_outputs_checks_the_calls_is_audited_and_is_refused_once_answered(
+        mirror_settings, api, assistant, operator):
     run = waiting_run(assistant)
     call_id = run.pending_tool_calls[0]["id"]
     url = f"/api/runs/{run.remote_id}/submit_tool_outputs/"
@@ -302,7 +304,8 @@ def test_submit_tool_outputs(mirror_settings, api, assistant, operator):
     assert_error(api.post("/api/runs/run_nope/submit_tool_outputs/", {"tool_outputs": []}, format="json"), 404)
 
 
-def test_refresh(mirror_settings, api, assistant, remote, operator):
+def test_refresh_returns_the_services_state_with_usage_and_is_audited(
+        mirror_settings, api, assistant, remote, operator):
     run = services.thread_and_run_create(assistant_id=assistant["id"], thread={"messages": [
         {"role": "user", "content": "hi"}]})
     wait_for(lambda: remote.retrieve_run(run.thread.remote_id, run.remote_id)["status"] == "completed")
@@ -313,7 +316,7 @@ def test_refresh(mirror_settings, api, assistant, remote, operator):
     assert_error(api.post("/api/runs/run_nope/refresh/"), 404)
 
 
-def test_steps_and_events(mirror_settings, api, assistant, operator):
+def test_a_runs_steps_and_timeline_are_served_and_unknown_ids_are_404(mirror_settings, api, assistant, operator):
     run = waiting_run(assistant, user=operator)
     steps = api.get(f"/api/runs/{run.remote_id}/steps/").json()["data"]
     assert [(s["object"], s["type"], s["run_id"], s["thread_id"]) for s in steps] == [

@@ -16,7 +16,8 @@ from runs_app import services
 from runs_app.models import Run
 from tests.factories import TERMINAL, password_for, settled, start_run, superuser
 
-pytestmark = pytest.mark.django_db
+# slow: hypothesis generates many requests for every operation of the API.
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
           checks.response_schema_conformance, checks.response_headers_conformance, checks.ignored_auth]

@@ -40,7 +40,7 @@ def test_unknown_top_level_key():
     assert "RUNS_APP['CONECTIONS']" in message.msg
 
 
-def test_no_connections():
+def test_no_connection_at_all_is_an_error_hinting_at_a_default_one():
     message = only(run_checks({"CONNECTIONS": {}}))
     assert message.id == "runs_app.E003"
     assert "RUNS_APP['CONNECTIONS']['default']" in message.hint
@@ -52,12 +52,12 @@ def test_default_connection_must_exist():
     assert "RUNS_APP['DEFAULT_CONNECTION']" in message.msg
 
 
-def test_unknown_connection_key():
+def test_an_unknown_key_in_a_connection_is_an_error_naming_it():
     message = only(run_checks({"CONNECTIONS": {"default": {**GOOD, "APIKEY": "x"}}}))
     assert (message.id, "RUNS_APP['CONNECTIONS']['default']['APIKEY']" in message.msg) == ("runs_app.E004", True)
 
 
-def test_bad_kind():
+def test_an_unknown_kind_is_an_error_naming_the_setting():
     message = only(run_checks({"CONNECTIONS": {"default": {**GOOD, "KIND": "azure"}}}))
     assert message.id == "runs_app.E005"
     assert "RUNS_APP['CONNECTIONS']['default']['KIND']" in message.msg
@@ -83,19 +83,19 @@ def test_foundry_refuses_api_key_auth():
     assert "Entra ID only" in message.msg
 
 
-def test_bad_auth_value():
+def test_an_unknown_auth_value_is_an_error():
     message = only(run_checks({"CONNECTIONS": {"default": {**GOOD, "AUTH": "aad"}}}))
     assert message.id == "runs_app.E008"
 
 
-def test_bad_api_version():
+def test_an_api_version_such_as_latest_is_an_error_naming_the_setting():
     message = only(run_checks({"CONNECTIONS": {"default": {**GOOD, "API_VERSION": "latest"}}}))
     assert message.id == "runs_app.E010"
     assert "RUNS_APP['CONNECTIONS']['default']['API_VERSION']" in message.msg
 
 
 @pytest.mark.parametrize(("key", "value"), [("READ_TIMEOUT", 0), ("CONNECT_TIMEOUT", "5"), ("MAX_RETRIES", -1)])
-def test_bad_numbers(key, value):
+def test_a_timeout_or_retry_count_that_is_no_valid_number_is_an_error_naming_the_setting(key, value):
     message = only(run_checks({"CONNECTIONS": {"default": GOOD}, key: value}))
     assert message.id == "runs_app.E011"
     assert f"RUNS_APP['{key}']" in message.msg

@@ -27,7 +27,7 @@ def settle(client, run):
         "requires_action"} and r)
 
 
-def test_thread_and_messages(client):
+def test_threads_and_messages_are_created_read_tagged_and_paged(client):
     thread = client.create_thread(messages=[{"role": "user", "content": "Hello ünïcode 【4:0†source】"}],
                                   metadata={"team": "ops"})
     assert thread["object"] == "thread" and thread["metadata"] == {"team": "ops"}
@@ -41,7 +41,7 @@ def test_thread_and_messages(client):
     assert page["object"] == "list" and len(page["data"]) == 1 and page["has_more"] is True
 
 
-def test_assistants(client, assistant):
+def test_an_assistant_is_retrieved_iterated_and_listed(client, assistant):
     assert client.retrieve_assistant(assistant["id"])["name"] == assistant["name"] == "ops"
     assert [a["id"] for a in client.iter_assistants()] == [assistant["id"]]
     assert client.list_assistants(limit=5)["data"][0]["id"] == assistant["id"]
@@ -80,7 +80,7 @@ def test_tool_call_then_submit_outputs(client, assistant):
     assert settle(client, run)["status"] == "completed"
 
 
-def test_modify_and_cancel(client, assistant):
+def test_a_run_is_modified_then_cancelled_and_cancelling_it_again_is_a_bad_request(client, assistant):
     thread = client.create_thread(messages=[{"role": "user", "content": "take your time [slow:30]"}])
     run = client.create_run(thread["id"], assistant_id=assistant["id"])
     modified = client.modify_run(thread["id"], run["id"], metadata={"ticket": "OPS-1"})

@@ -50,7 +50,7 @@ def test_unparseable_retry_after_is_ignored():
     (400, {}, False), (404, {}, False), (400, {"x-should-retry": "true"}, True), (503, {"x-should-retry": "false"},
                                                                                   False),
 ])
-def test_should_retry(status, headers, expected):
+def test_429_408_409_and_5xx_are_retried_unless_x_should_retry_says_otherwise(status, headers, expected):
     assert should_retry(status, headers) is expected
 
 

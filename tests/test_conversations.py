@@ -76,6 +76,7 @@ def test_every_message_of_the_thread_whoever_wrote_it_in_the_threads_order(mirro
     assert Message.objects.get(thread=thread, role="assistant", run=run).text.count(" ") == 4
 
 
+@pytest.mark.slow  # an answer written over 2 real seconds
 def test_one_request_when_nothing_is_new_and_the_cursor_stops_at_a_message_still_written(
         mirror_settings, assistant, remote, counted):
     thread = services.thread_create(messages=[{"role": "user", "content": "a long answer [slow:2]"}])
@@ -287,6 +288,7 @@ def test_discovery_follows_new_threads_with_their_messages_and_one_request_when_
     assert reported["discover_threads"] and reported["discovery_requests"] == state.discovery_requests
 
 
+@pytest.mark.slow  # waits 2 real seconds: the service dates threads to the second
 def test_discovery_waits_for_its_interval_and_skips_old_threads(settings, emulator, mirror_settings, counted):
     client = discovering(settings, emulator, mirror_settings, DISCOVER_THREADS_SINCE=1)
     client.create_thread()

@@ -78,6 +78,7 @@ def test_metrics_need_staff_or_the_bearer_token(settings, mirror_settings, staff
     assert staff.get("/metrics").status_code == 200
 
 
+@pytest.mark.slow  # a stream that lasts 3 real seconds ([slow:3])
 def test_metrics_report_runs_requests_lag_and_open_streams(mirror_settings, assistant, staff):
     done = services.thread_and_run_create(assistant_id=assistant["id"], thread={
         "messages": [{"role": "user", "content": "hi"}]})

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# slow: each test reads a wheel that pip builds from a copy of the checkout.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

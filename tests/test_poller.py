@@ -219,6 +219,7 @@ def test_every_status_path_ends_right_with_steps_and_text(q_cluster, assistant, 
     assert history[-1] == "completed" and "requires_action" in history
 
 
+@pytest.mark.slow  # its own QCluster, on an emulator whose runs expire in 2 s
 def test_a_run_left_waiting_for_tool_outputs_expires_and_its_steps_expire_with_it(transactional_db, settings):
     _, short = serve_in_thread(api_key="k-expiry-cnry7-0001", speed=50, expire_after=2, control=True)
     with short:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# slow: the demo settings load in a fresh Python per test.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = (
     "DATABASE_URL", "REDIS_URL", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_API_VERSION",

@@ -81,7 +81,7 @@ def test_heartbeat_while_the_service_is_silent(mirror_settings, assistant):
     assert b": heartbeat\n\n" in chunks
 
 
-def test_sse_response_headers(mirror_settings, assistant):
+def test_the_sse_response_is_an_event_stream_never_cached_or_buffered(mirror_settings, assistant):
     thread = services.thread_create()
     response = relay.sse_response(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
     assert response["Content-Type"] == "text/event-stream"

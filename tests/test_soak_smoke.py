@@ -13,6 +13,8 @@ from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.slow
+
 
 def _pg_and_redis():
     import socket
@@ -26,7 +28,7 @@ def _pg_and_redis():
 
 
 @pytest.mark.skipif(os.environ.get("RUNS_APP_CI_LEG") == "sqlite", reason="runs on the PostgreSQL + Redis leg")
-def test_soak_small():
+def test_a_small_soak_under_faults_and_a_killed_cluster_mirrors_every_run_once_and_right():
     ok, why = _pg_and_redis()
     require("PostgreSQL and Redis", ok, why)
     out = subprocess.run([sys.executable, "bench/soak.py", "--runs", "14", "--concurrency", "4", "--timeout", "240"],

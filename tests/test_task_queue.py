@@ -42,6 +42,7 @@ def test_broker_is_reachable():
     require(f"the {type(broker).__name__} broker", reachable, reason)
 
 
+@pytest.mark.slow  # a manage.py qcluster subprocess of its own
 @pytest.mark.django_db(transaction=True)
 def test_q_cluster_runs_a_task_through_the_configured_broker():
     env = {**os.environ, "DATABASE_URL": database_url_of_this_test_database(),

@@ -3,10 +3,11 @@
 
 import pytest
 
+from assistants_emulator.tests.identity import managed_identity  # noqa: F401 - the token endpoint, a fixture
 from assistants_emulator.tests.wire import Wire
 
-# The opt-in line every user of the plugin writes (README, "Pytest"); the token endpoint for azure-identity.
-pytest_plugins = ["assistants_emulator.pytest_plugin", "assistants_emulator.tests.identity"]
+# The opt-in line every user of the plugin writes (README, "Pytest").
+pytest_plugins = ["assistants_emulator.pytest_plugin"]
 
 
 @pytest.fixture(params=["azure", "openai"])

@@ -10,10 +10,9 @@ and expects ``{"access_token", "expires_on" (epoch seconds), "resource", "token_
 (msal ``managed_identity._obtain_token_on_app_service``). This endpoint grants, as its access token, the
 emulator's api key: the emulator's Foundry dialect accepts a Bearer token iff it equals its key.
 
-The ``managed_identity`` fixture reaches a suite as a plugin (``pytest_plugins`` in its top-level conftest; this
-package's own conftest and the project's ``tests/conftest.py``, through ``tests/identity.py``, both do so) and
-needs the ``emulator`` fixture of ``assistants_emulator.pytest_plugin``. Without pytest:
-``serve_managed_identity(token)``.
+The ``managed_identity`` fixture reaches a suite through its conftest (this package's conftest imports it; the
+project's ``tests/conftest.py`` names ``tests.identity``, which re-exports it, in ``pytest_plugins``) and needs the
+``emulator`` fixture of ``assistants_emulator.pytest_plugin``. Without pytest: ``serve_managed_identity(token)``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from assistants_emulator.tests.schema import REPO_ROOT
+
+pytestmark = pytest.mark.slow
 
 BENCH = REPO_ROOT / "bench" / "emulator_throughput.py"
 

@@ -216,6 +216,7 @@ def test_azure_expires_at_stays_put_while_requires_action(emulator):
     assert waiting["expires_at"] == run["expires_at"] == run["created_at"] + int(emulator.state.expire_after)
 
 
+@pytest.mark.slow  # waits for a run to expire in real seconds
 def test_foundry_expiry_timer_follows_the_extended_expires_at(short_expiry_emulator):
     # expire_after = 1 s: an Azure run in requires_action expires 1 s after creation; a Foundry one only at
     # its extended expires_at (3 s after it started waiting).

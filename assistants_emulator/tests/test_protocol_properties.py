@@ -63,7 +63,7 @@ def test_cursor_pages_partition_the_list(paged, limit, order, start):
 @given(
     metadata=st.dictionaries(st.text("abcdefghij", min_size=1, max_size=70), st.text("xyz", max_size=520), max_size=20)
 )
-def test_metadata_limits(paged, metadata):
+def test_metadata_within_the_limits_is_kept_and_beyond_them_is_a_400_naming_the_limit(paged, metadata):
     wire, _thread_id, _ids = paged
     too_many = len(metadata) > 16
     too_long = any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())

@@ -239,6 +239,7 @@ def test_cancelled_run_matches_spec(wire):
     _terminal_fields_consistent(done)
 
 
+@pytest.mark.slow  # each waits for a run to expire in real seconds
 @pytest.mark.parametrize("surface", ["azure", "openai"])
 @pytest.mark.parametrize("text", ["[expire] hello", "call get_current_weather and never answer"])
 def test_expired_run_matches_spec(short_expiry_emulator, surface, text):

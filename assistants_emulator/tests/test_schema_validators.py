@@ -126,7 +126,7 @@ def test_parse_sse_checks_framing():
             schema.parse_sse(bad)
 
 
-def test_error_event_schema():
+def test_an_error_events_data_is_the_unwrapped_error_object():
     assert (
         schema.event_errors("error", {"code": "server_error", "message": "boom", "param": None, "type": "server_error"})
         == []

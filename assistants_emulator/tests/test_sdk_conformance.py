@@ -226,6 +226,7 @@ def fast_emulator():
         handle.stop()
 
 
+@pytest.mark.slow  # 250 runs, each created and finished through the SDK
 def test_auto_pagination_over_250_runs(fast_emulator):
     url, _handle = fast_emulator
     wire = Wire(url, "azure", "fast-key-cnry7")

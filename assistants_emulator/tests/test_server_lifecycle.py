@@ -188,7 +188,7 @@ def test_active_run_conflict_messages(api):
     api.post(f"/threads/{t['id']}/runs/{run['id']}/cancel")
 
 
-def test_failure_triggers(api):
+def test_a_rate_limit_inside_a_run_fails_the_run_and_its_step(api):
     t, run = api.start("please [fail:rate_limit_exceeded]")
     done = api.wait(t["id"], run["id"], TERMINAL)
     assert done["status"] == "failed" and done["failed_at"]

@@ -69,7 +69,7 @@ def test_openai_auth_masks_key_and_requires_beta_header(emulator):
     )
 
 
-def test_foundry_bearer_only(emulator):
+def test_foundry_takes_a_bearer_token_on_every_api_version_and_refuses_an_api_key(emulator):
     base = emulator.foundry_endpoint("demo")
     ok = requests.post(f"{base}/threads?api-version=2025-05-01", json={}, headers={"Authorization": f"Bearer {KEY}"})
     assert ok.status_code == 200 and ok.json()["object"] == "thread"
@@ -138,7 +138,7 @@ def test_not_found_and_validation_errors(api):
             assert err["message"] == message
 
 
-def test_metadata_limits(api):
+def test_metadata_beyond_16_keys_64_or_512_chars_is_a_400_in_openais_words(api):
     err = api.post("/threads", {"metadata": {f"k{i}": "v" for i in range(17)}}, expect=400)["error"]
     assert err == {
         "message": "Invalid 'metadata': too many properties. Expected an object with at most 16 "
@@ -152,7 +152,7 @@ def test_metadata_limits(api):
     assert api.post("/threads", {"metadata": {f"k{i}": "v" * 512 for i in range(16)}})["object"] == "thread"
 
 
-def test_invalid_json_body(emulator):
+def test_an_unparseable_json_body_is_a_400_saying_so(emulator):
     r = requests.post(f"{emulator.url}/v1/threads", data=b"{not json", headers=OPENAI_HEADERS)
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("We could not parse the JSON body")
 
