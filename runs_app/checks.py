@@ -88,6 +88,7 @@ def check_runs_app_settings(app_configs=None, **kwargs):
 def _check_numbers(raw: dict) -> list:
     errors = []
     for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP", "POLL_FAST",
+                "POLL_INTERVAL",
                 "ACTIVE_WINDOW", "POLL_SLOW", "POLL_WAITING", "CLAIM_LEASE", "CYCLE_SECONDS", "DISCOVERY_INTERVAL",
                 "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "LANE_STALE_AFTER", "HEALTH_PROBE_AFTER"):
         value = raw.get(key, DEFAULTS[key])
@@ -220,6 +221,10 @@ def _check_thread_discovery(name: str, conn: dict, kind: str) -> list:
     elif discover and kind == KIND_OPENAI:
         errors.append(Error(f"{_key('CONNECTIONS', name, 'DISCOVER_THREADS')} is True, but OpenAI cannot list "
                             "threads.", hint="Remove the key (or set it to False).", id="runs_app.E013"))
+    rate = conn.get("MAX_REQUESTS_PER_SECOND", CONNECTION_DEFAULTS["MAX_REQUESTS_PER_SECOND"])
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+        errors.append(Error(f"{_key('CONNECTIONS', name, 'MAX_REQUESTS_PER_SECOND')} must be a positive number of "
+                            f"requests per second, not {rate!r}.", id="runs_app.E011"))
     since = conn.get("DISCOVER_THREADS_SINCE", CONNECTION_DEFAULTS["DISCOVER_THREADS_SINCE"])
     if isinstance(since, bool) or not isinstance(since, int | float) or since <= 0:
         errors.append(Error(f"{_key('CONNECTIONS', name, 'DISCOVER_THREADS_SINCE')} must be a positive number of "

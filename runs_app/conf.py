@@ -66,9 +66,13 @@ DEFAULTS = {
     # RateLimited with the delay, for the caller to reschedule.
     "RETRY_AFTER_CAP": 60.0,
     # --- the poller (runs_app/poller/) ---
-    # Seconds between polls of a queued/in_progress/cancelling run that changed within ACTIVE_WINDOW.
+    # The first look at a run after it was created or changed by an action or a stream (it starts within ~1 s).
     "POLL_FAST": 1.0,
-    "ACTIVE_WINDOW": 15.0,
+    # Seconds between looks at an active run whose change may come any time: the longest the mirror lags it.
+    "POLL_INTERVAL": 2.0,
+    # Seconds unchanged after which an active run is looked at less and less often (1 s more per 10 s), up to
+    # POLL_SLOW.
+    "ACTIVE_WINDOW": 300.0,
     # The slowest poll of an unchanged active run, and the poll of a run waiting in requires_action.
     "POLL_SLOW": 15.0,
     "POLL_WAITING": 5.0,
@@ -118,6 +122,8 @@ CONNECTION_DEFAULTS = {
     # (on for foundry_agents). Only threads created within DISCOVER_THREADS_SINCE seconds are taken.
     "DISCOVER_THREADS": None,
     "DISCOVER_THREADS_SINCE": 86400.0,
+    # The poller's request budget for this connection, shared by every lane of every process (runs_app.poller.budget).
+    "MAX_REQUESTS_PER_SECOND": 1000.0,
 }
 
 DEFAULT_ENTRA_SCOPES = {
@@ -130,9 +136,11 @@ DEFAULT_ENTRA_SCOPES = {
 #: Settings read as numbers: seconds (float) and counts (int). A value of another kind is left as given, for the
 #: system checks to report (runs_app.E011).
 SECONDS = frozenset({
-    "CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP", "POLL_FAST", "ACTIVE_WINDOW",
+    "CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP", "POLL_FAST", "POLL_INTERVAL",
+    "ACTIVE_WINDOW",
     "POLL_SLOW", "POLL_WAITING", "CLAIM_LEASE", "CYCLE_SECONDS", "LANE_STALE_AFTER", "DISCOVERY_INTERVAL",
     "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "HEALTH_PROBE_AFTER", "DISCOVER_THREADS_SINCE",
+    "MAX_REQUESTS_PER_SECOND",
 })
 COUNTS = frozenset({"MAX_RETRIES", "POLLER_LANES", "POLL_THREADS", "CLAIM_BATCH"})
 
@@ -186,7 +194,8 @@ class AppSettings:
             merged["ENTRA_SCOPE"] = DEFAULT_ENTRA_SCOPES.get(kind)
         if merged["DISCOVER_THREADS"] is None:
             merged["DISCOVER_THREADS"] = DEFAULT_DISCOVER_THREADS.get(kind, False)
-        merged["DISCOVER_THREADS_SINCE"] = typed("DISCOVER_THREADS_SINCE", merged["DISCOVER_THREADS_SINCE"])
+        for key in ("DISCOVER_THREADS_SINCE", "MAX_REQUESTS_PER_SECOND"):
+            merged[key] = typed(key, merged[key])
         return merged
 
     def connections_discovering_threads(self) -> list[str]:

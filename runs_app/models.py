@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -382,6 +382,37 @@ class ConnectionStateQuerySet(models.QuerySet):
     def paused(self, now: dt.datetime) -> list[str]:
         return list(self.filter(paused_until__gt=now).values_list("connection", flat=True))
 
+    def take_budget(self, name: str, want: int, *, rate: float, burst: float, recovery: float) -> int:
+        """Up to ``want`` requests from the connection's token bucket (``rate`` per second times the throttle, at most
+        ``burst`` saved up), shared by every process through this row. Returns how many were granted (maybe 0)."""
+        with transaction.atomic():
+            state = self.select_for_update().filter(connection=name).first() or self.for_connection(name)
+            now = timezone.now()
+            throttle = state.throttle_at(now, recovery)
+            tokens = burst if state.budget_at is None else min(
+                burst, state.budget_tokens + rate * throttle * max(0.0, (now - state.budget_at).total_seconds()))
+            granted = max(0, min(want, int(tokens)))
+            self.filter(pk=state.pk).update(budget_tokens=tokens - granted, budget_at=now, throttle=throttle,
+                                            throttled_at=now, budget_granted=F("budget_granted") + granted)
+            return granted
+
+    def give_back_budget(self, name: str, unused: int) -> None:
+        """Requests taken from the bucket but not made."""
+        if unused > 0:
+            self.filter(connection=name).update(budget_tokens=F("budget_tokens") + unused,
+                                                budget_granted=F("budget_granted") - unused)
+
+    def throttle_down(self, name: str, step: float, *, floor: float, recovery: float) -> float:
+        """A 429: the connection's request rate is lowered by ``step`` (a share of it), never below ``floor``; it
+        recovers by ``recovery`` per second. Returns the new throttle."""
+        with transaction.atomic():
+            state = self.select_for_update().filter(connection=name).first() or self.for_connection(name)
+            now = timezone.now()
+            throttle = max(floor, state.throttle_at(now, recovery) - step)
+            self.filter(pk=state.pk).update(throttle=throttle, throttled_at=now, rate_limited=F("rate_limited") + 1,
+                                            last_error_at=now, last_error="rate limited (429): throttled")
+            return throttle
+
     def take_probe(self, name: str, now: dt.datetime, after: float) -> bool:
         """True (for one caller) when the connection made no call and had no probe for ``after`` seconds."""
         state = self.for_connection(name)
@@ -422,11 +453,24 @@ class ConnectionState(models.Model):
         default=0, help_text="Requests made by thread discovery (thread listings, first message listings).")
     threads_discovered = models.PositiveBigIntegerField(default=0)
     probed_at = models.DateTimeField(null=True, blank=True, help_text="The last health probe of an idle connection.")
+    # The request budget (MAX_REQUESTS_PER_SECOND): a token bucket every process takes from, and the throttle
+    # (a share of the rate, lowered by 429s, recovering with time).
+    budget_tokens = models.FloatField(default=0.0)
+    budget_at = models.DateTimeField(null=True, blank=True)
+    budget_granted = models.PositiveBigIntegerField(default=0, help_text="Requests the budget granted the poller.")
+    throttle = models.FloatField(default=1.0, help_text="The share of MAX_REQUESTS_PER_SECOND in use (429s lower it).")
+    throttled_at = models.DateTimeField(null=True, blank=True)
 
     objects = ConnectionStateQuerySet.as_manager()
 
     def __str__(self):
         return self.connection
+
+    def throttle_at(self, now: dt.datetime, recovery: float) -> float:
+        """The throttle now: it climbs back towards 1 by ``recovery`` per second since it was last set."""
+        if self.throttled_at is None:
+            return self.throttle
+        return min(1.0, self.throttle + recovery * max(0.0, (now - self.throttled_at).total_seconds()))
 
 
 class PollerLane(models.Model):

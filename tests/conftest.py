@@ -64,8 +64,9 @@ def chromium_path():
 # --- the mirror against the emulator, and real q clusters ---------------------------------------------
 
 FAST_POLLER = {
-    "POLL_FAST": 0.1, "ACTIVE_WINDOW": 5.0, "POLL_SLOW": 1.0, "POLL_WAITING": 0.3, "CLAIM_LEASE": 10.0,
-    "CYCLE_SECONDS": 5.0, "DISCOVERY_INTERVAL": 0.3, "DISCOVERY_MAX_INTERVAL": 1.0, "POLL_THREADS": 2,
+    "POLL_FAST": 0.1, "POLL_INTERVAL": 0.2, "ACTIVE_WINDOW": 5.0, "POLL_SLOW": 1.0, "POLL_WAITING": 0.3,
+    "CLAIM_LEASE": 10.0, "CYCLE_SECONDS": 5.0, "DISCOVERY_INTERVAL": 0.3, "DISCOVERY_MAX_INTERVAL": 1.0,
+    "POLL_THREADS": 2,
 }
 
 

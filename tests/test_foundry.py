@@ -7,6 +7,7 @@ Microsoft's SDK, through runs_app's client, services, relay and mirror, and the 
 import time
 
 import pytest
+from django.utils import timezone
 
 from runs_app import poller, services
 from runs_app.assistants import AssistantsClient, RateLimited
@@ -176,6 +177,7 @@ def test_a_429_during_polling_pauses_the_connection_for_its_retry_after(foundry,
         {"role": "user", "content": "take your time [slow:30]"}]})
     settings.RUNS_APP = {**settings.RUNS_APP, "RETRY_AFTER_CAP": 0.5}
     emulator.set_faults(f"429=1,times=1,match=GET /threads/[^/]+/runs/{run.remote_id}$")
+    Run.objects.filter(pk=run.pk).update(next_poll_at=timezone.now())
     [claimed] = poller.claim_due_runs("lane-token")
     assert poller.poll_claimed(claimed, "lane-token") == "paused"
     state = ConnectionState.objects.get(connection="default")

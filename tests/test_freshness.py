@@ -2,6 +2,8 @@
 every process, 429s that slow a connection instead of stopping it, and discovery that skips what is followed."""
 
 import datetime as dt
+import logging
+import re
 
 import pytest
 from django.db import connection
@@ -9,7 +11,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from runs_app import poller, services
-from runs_app.models import Run
+from runs_app.models import ConnectionState, PollerLane, Run, Thread
+from runs_app.poller import budget
 from runs_app.poller.polling import release_unchanged
 from tests.client_helpers import wait_for
 
@@ -33,14 +36,15 @@ def test_a_pass_of_unchanged_polls_is_written_in_one_statement(mirror_settings, 
         assert poller.poll_claimed(run, "lane-a", unchanged=unchanged) == "same"
     with CaptureQueriesContext(connection) as queries:
         moved = release_unchanged(unchanged, "lane-a")
-    writes = [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("UPDATE")]
-    assert moved == [] and len(writes) == 1 and len(queries.captured_queries) == 1
+    writes = [q["sql"] for q in queries.captured_queries
+              if q["sql"].lstrip().upper().startswith(("UPDATE", "INSERT", "DELETE"))]
+    assert moved == [] and len(writes) == 1 and writes[0].lstrip().upper().startswith("UPDATE")
     after = {r.pk: r for r in Run.objects.filter(pk__in=[r.pk for r in runs])}
     for seen in unchanged:
         row = after[seen.run.pk]
         assert row.claimed_by == "" and row.polls == seen.run.polls + 1
         assert row.observed_from == seen.started and row.observed_to == seen.received == row.synced_at
-        assert seen.received < row.next_poll_at <= seen.received + dt.timedelta(seconds=mirror_settings["POLL_SLOW"])
+        assert row.next_poll_at == seen.received + dt.timedelta(seconds=mirror_settings["POLL_INTERVAL"])
     for run in runs:
         services.run_cancel(run=Run.objects.get(pk=run.pk))
 
@@ -54,3 +58,94 @@ def test_a_row_that_moved_during_the_pass_is_left_to_the_upsert(mirror_settings,
     Run.objects.filter(pk=run.pk).update(status="cancelling")  # another source wrote meanwhile
     [moved] = release_unchanged(unchanged, "lane-a")
     assert moved.run.pk == run.pk and Run.objects.get(pk=run.pk).claimed_by == "lane-a"
+
+
+# --- the request budget ------------------------------------------------------------------------------------------
+
+CLIENT_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO runs_app\.client default (GET|POST) ")
+
+
+def request_times(*outputs: str) -> list[float]:
+    """When the q clusters' clients sent each request (the client logs one line per attempt)."""
+    times = []
+    for output in outputs:
+        for line in output.splitlines():
+            match = CLIENT_LINE.match(line)
+            if match:
+                when = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+                times.append(when.timestamp())
+    return sorted(times)
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most requests in any window of one second."""
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_the_request_budget_holds_across_two_clusters(q_cluster, settings, mirror_settings, assistant):
+    rate = 12.0
+    connection = {**mirror_settings["CONNECTIONS"]["default"], "MAX_REQUESTS_PER_SECOND": rate}
+    overrides = {"CONNECTIONS": {"default": connection}, "POLLER_LANES": 2, "POLL_FAST": 0.05, "POLL_INTERVAL": 0.05,
+                 "DISCOVERY_INTERVAL": 3600.0, "HEALTH_PROBE_AFTER": 3600.0}
+    active_runs(assistant, 15)  # each would be polled 20 times a second without a budget
+    settings.RUNS_APP = {**mirror_settings, **overrides}
+    clusters = [q_cluster(**overrides), q_cluster(**overrides)]
+    wait_for(lambda: ConnectionState.objects.filter(connection="default", budget_granted__gte=10 * rate).exists(),
+             timeout=60)
+    times = request_times(*(cluster.stop() for cluster in clusters))
+    assert len(times) >= 8 * rate  # the budget was what held the poller back
+    assert busiest_second(times) <= rate + max(1, rate / 10)
+
+
+def test_a_429_slows_the_connection_instead_of_pausing_it(mirror_settings, settings, emulator, assistant):
+    runs = active_runs(assistant, 8)
+    settings.RUNS_APP = {**mirror_settings, "POLL_INTERVAL": 0.05, "POLL_FAST": 0.05, "RETRY_AFTER_CAP": 5.0,
+                         "POLL_THREADS": 1}  # in this test's transaction: no pool threads
+    emulator.set_faults({"429": 0.5, "match": "^GET /threads/[^/]+/runs/[^/]+$"})
+    token = "lane-429"
+    PollerLane.objects.update_or_create(lane=0, defaults={"token": token, "heartbeat_at": timezone.now()})
+    stats = poller.run_lane(0, token, seconds=1.5)
+    emulator.set_faults(None)
+    state = ConnectionState.objects.get(connection="default")
+    assert state.rate_limited >= 1 and state.throttle < 1.0
+    assert state.paused_until is None  # never stopped whole
+    assert stats["polled"] > 2 * len(runs)  # it went on polling meanwhile
+    later = timezone.now() + dt.timedelta(seconds=1 / budget.THROTTLE_RECOVERY)
+    assert state.throttle_at(later, budget.THROTTLE_RECOVERY) == 1.0  # and it climbs back
+    for run in runs:
+        services.run_cancel(run=Run.objects.get(pk=run.pk))
+
+
+def test_a_retry_after_beyond_the_cap_still_pauses_the_connection(mirror_settings, settings, emulator, assistant):
+    [run] = active_runs(assistant, 1)
+    settings.RUNS_APP = {**mirror_settings, "RETRY_AFTER_CAP": 0.01}  # the emulator's Retry-After is 1 s
+    emulator.set_faults({"429": 1.0, "times": 1, "match": "^GET /threads/[^/]+/runs/[^/]+$"})
+    Run.objects.filter(pk=run.pk).update(next_poll_at=timezone.now())
+    [claimed] = poller.claim_due_runs("lane-a")
+    assert poller.poll_claimed(claimed, "lane-a") == "paused"
+    assert ConnectionState.objects.get(connection="default").paused_until > timezone.now()
+    services.run_cancel(run=Run.objects.get(pk=run.pk))
+
+
+# --- discovery ----------------------------------------------------------------------------------------------------
+
+def test_discovery_does_not_list_a_thread_whose_run_is_followed(mirror_settings, assistant, caplog):
+    [run] = active_runs(assistant, 1)
+    thread = run.thread
+    Thread.objects.filter(pk=thread.pk).update(next_discovery_at=timezone.now() - dt.timedelta(seconds=1))
+    with caplog.at_level(logging.INFO, logger="runs_app.client"):
+        assert poller.discover_due_threads() == 0
+    assert not [r for r in caplog.records if f"GET /threads/{thread.remote_id}/runs " in r.getMessage()]
+    thread.refresh_from_db()
+    assert thread.next_discovery_at > timezone.now()
+    # Its run's end puts the next listing an interval later: nothing new starts right after.
+    run = services.run_cancel(run=Run.objects.get(pk=run.pk))
+    run = wait_for(lambda: (r := services.run_poll(run=Run.objects.get(pk=run.pk))).is_terminal and r)
+    thread.refresh_from_db()
+    interval = dt.timedelta(seconds=mirror_settings["DISCOVERY_INTERVAL"])
+    assert thread.next_discovery_at >= run.status_changed_at + interval - dt.timedelta(milliseconds=5)

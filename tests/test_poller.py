@@ -25,23 +25,48 @@ def make_run(thread, status="in_progress", **fields):
 # --- schedule -----------------------------------------------------------------------------------------
 
 @pytest.mark.django_db
-def test_next_poll_delay_is_adaptive(settings):
-    settings.RUNS_APP = {**settings.RUNS_APP, **FAST_POLLER, "POLL_FAST": 1.0, "POLL_SLOW": 15.0,
-                         "ACTIVE_WINDOW": 15.0, "POLL_WAITING": 5.0}
+def test_next_poll_delay_looks_where_a_change_is_likely(settings):
+    settings.RUNS_APP = {**settings.RUNS_APP, **FAST_POLLER, "POLL_FAST": 1.0, "POLL_INTERVAL": 2.0,
+                         "POLL_SLOW": 15.0, "ACTIVE_WINDOW": 15.0, "POLL_WAITING": 5.0}
     now = timezone.now()
-    run = Run(status="in_progress", status_changed_at=now - dt.timedelta(seconds=3))
-    assert poller.next_poll_delay(run, now) == 1.0
+    run = Run(status="queued", status_changed_at=now - dt.timedelta(seconds=0.2))
+    assert poller.next_poll_delay(run, now, lengths=None) == 1.0  # it starts within about a second
+    run.status = "in_progress"
+    run.status_changed_at = now - dt.timedelta(seconds=3)
+    assert poller.next_poll_delay(run, now, lengths=None) == 2.0
     run.status_changed_at = now - dt.timedelta(seconds=75)
-    assert poller.next_poll_delay(run, now) == 7.0
+    assert poller.next_poll_delay(run, now, lengths=None) == 8.0
     run.status_changed_at = now - dt.timedelta(hours=1)
-    assert poller.next_poll_delay(run, now) == 15.0
+    assert poller.next_poll_delay(run, now, lengths=None) == 15.0
     run.status = "requires_action"
     run.expires_at = now + dt.timedelta(minutes=10)
-    assert poller.next_poll_delay(run, now) == 5.0
+    assert poller.next_poll_delay(run, now, lengths=None) == 5.0
     run.expires_at = now + dt.timedelta(seconds=2)
-    assert poller.next_poll_delay(run, now) == 3.0  # on time for the expiry
+    assert poller.next_poll_delay(run, now, lengths=None) == 3.0  # on time for the expiry
     run.status = "completed"
-    assert poller.next_poll_delay(run, now) is None
+    assert poller.next_poll_delay(run, now, lengths=None) is None
+
+
+@pytest.mark.django_db
+def test_no_look_before_the_quickest_run_of_the_assistant_could_have_ended(settings):
+    from runs_app.poller.schedule import LEARN_AFTER_RUNS, LENGTH_MARGIN, RunLengths
+
+    settings.RUNS_APP = {**settings.RUNS_APP, **FAST_POLLER, "POLL_INTERVAL": 2.0, "ACTIVE_WINDOW": 300.0}
+    now = timezone.now()
+    thread = Thread.objects.create(remote_id="thread_lengths")
+    for i in range(LEARN_AFTER_RUNS):  # this assistant's runs took 20 to 39 s
+        Run.objects.create(thread=thread, remote_id=f"run_done_{i}", assistant_id="asst_slow", status="completed",
+                           started_at=now - dt.timedelta(seconds=100), completed_at=now - dt.timedelta(seconds=80 - i))
+    lengths = RunLengths()
+    assert lengths.shortest("default", "asst_slow") == 20.0 and lengths.shortest("default", "asst_new") is None
+    young = Run(status="in_progress", assistant_id="asst_slow", connection="default", status_changed_at=now,
+                started_at=now - dt.timedelta(seconds=4))
+    assert poller.next_poll_delay(young, now, lengths=lengths) == pytest.approx(20 - LENGTH_MARGIN - 4)
+    young.started_at = now - dt.timedelta(seconds=19)
+    assert poller.next_poll_delay(young, now, lengths=lengths) == 2.0  # now it may end any time
+    young.assistant_id = "asst_new"  # nothing learned yet: every POLL_INTERVAL from the start
+    young.started_at = now
+    assert poller.next_poll_delay(young, now, lengths=lengths) == 2.0
 
 
 # --- claims -------------------------------------------------------------------------------------------
@@ -89,11 +114,13 @@ def test_a_lapsed_claim_is_taken_over():
 
 
 @pytest.mark.django_db
-def test_rate_limit_pauses_the_whole_connection(mirror_settings, emulator, assistant):
+def test_a_retry_after_beyond_the_cap_pauses_the_whole_connection(mirror_settings, settings, emulator, assistant):
     run = services.thread_and_run_create(assistant_id=assistant["id"])
     other = services.thread_and_run_create(assistant_id=assistant["id"])
+    # The emulator (speed 50) asks for 20 ms: beyond this cap, a quota spent for long (a shorter one only throttles).
+    settings.RUNS_APP = {**mirror_settings, "RETRY_AFTER_CAP": 0.01}
     emulator.set_faults({"429": 1.0})
-    claimed = poller.claim_due_runs("lane-a")
+    claimed = poller.claim_due_runs("lane-a", now=timezone.now() + dt.timedelta(seconds=1))
     before = timezone.now()
     outcome = poller.poll_claimed([r for r in claimed if r.pk == run.pk][0], "lane-a")
     assert outcome == "paused"
@@ -103,7 +130,7 @@ def test_rate_limit_pauses_the_whole_connection(mirror_settings, emulator, assis
     Run.objects.filter(pk=other.pk).update(claimed_by="", claimed_until=None)
     during = state.paused_until - dt.timedelta(milliseconds=1)
     assert poller.claim_due_runs("lane-b", now=during) == []  # every run of the connection waits
-    after = state.paused_until + dt.timedelta(milliseconds=1)
+    after = max(state.paused_until, Run.objects.get(pk=other.pk).next_poll_at) + dt.timedelta(milliseconds=1)
     assert other.pk in [r.pk for r in poller.claim_due_runs("lane-b", now=after)]  # ... until the pause ends
 
 
@@ -117,7 +144,7 @@ def test_a_terminal_run_whose_steps_could_not_be_fetched_is_polled_until_they_ar
     thread_id = run.thread.remote_id
     wait_for(lambda: remote.retrieve_run(thread_id, run.remote_id)["status"] == "completed")
     emulator.set_faults({"5xx": 1.0, "match": r"GET /threads/[^/]+/runs/[^/]+/steps"})
-    [claimed] = poller.claim_due_runs("lane-a")
+    [claimed] = poller.claim_due_runs("lane-a", now=timezone.now() + dt.timedelta(seconds=1))
     assert poller.poll_claimed(claimed, "lane-a") == "error"
     run.refresh_from_db()
     assert run.status == "completed" and run.steps.count() == 0 and run.next_poll_at is not None

@@ -101,7 +101,8 @@ class _Uncertain(Exception):
 class AssistantsClient:
     """A client for one named connection.
 
-    ``credential`` replaces azure-identity's DefaultAzureCredential (any TokenCredential); ``rng``,
+    ``credential`` replaces azure-identity's DefaultAzureCredential (any TokenCredential); ``budget`` paces every
+    attempt (``acquire()``) and hears of every 429 (``rate_limited(seconds)``); ``rng``,
     ``sleep`` and ``clock`` are injectable for tests; ``settings`` bypasses RUNS_APP (a connection dict
     with the keys of ``RUNS_APP["CONNECTIONS"][name]``).
     """
@@ -109,7 +110,7 @@ class AssistantsClient:
     def __init__(self, connection: str | None = None, *, settings: dict | None = None, credential=None,
                  rng: Callable[[], float] = random.random, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, max_retries: int | None = None,
-                 connect_timeout: float | None = None, read_timeout: float | None = None):
+                 connect_timeout: float | None = None, read_timeout: float | None = None, budget=None):
         self.connection = connection or app_settings.DEFAULT_CONNECTION
         conf = settings if settings is not None else app_settings.connection(self.connection)
         self.kind = conf["KIND"]
@@ -131,6 +132,8 @@ class AssistantsClient:
         self.stream_idle_timeout = app_settings.STREAM_IDLE_TIMEOUT
         self.max_retries = app_settings.MAX_RETRIES if max_retries is None else max_retries
         self.retry_after_cap = app_settings.RETRY_AFTER_CAP
+        # A request budget (the poller's): ``acquire()`` before every attempt, ``rate_limited(seconds)`` on a 429.
+        self._budget = budget
         self._rng, self._sleep, self._clock = rng, sleep, clock
 
     def __repr__(self) -> str:
@@ -377,6 +380,8 @@ class AssistantsClient:
             headers["OpenAI-Beta"] = "assistants=v2"
         query = {**self._params, **(params or {})}
         timeout = (self.connect_timeout, self.stream_idle_timeout if stream else self.read_timeout)
+        if self._budget is not None:
+            self._budget.acquire()
         started = time.monotonic()
         try:
             response = _session_for(self.connection, self.endpoint).request(
@@ -421,6 +426,8 @@ class AssistantsClient:
         retry_after = server_retry_after(response.headers, self._clock)
         if cls is errors.RateLimited:
             error = errors.RateLimited(message, retry_after=retry_after, **kwargs)
+            if self._budget is not None:
+                self._budget.rate_limited(retry_after)
         else:
             error = cls(message, **kwargs)
         if status == 401 and isinstance(self._auth, EntraAuth):

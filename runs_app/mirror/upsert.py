@@ -37,6 +37,7 @@ from runs_app.models import (
     RunEvent,
     RunStatus,
     RunStep,
+    Source,
     Thread,
 )
 
@@ -75,6 +76,10 @@ def thread_stub(connection: str, remote_id: str) -> Thread:
     """The thread row for a run or message that arrives before its thread (filled in later)."""
     thread, _ = _locked_get_or_create(Thread, connection, remote_id, defaults=_thread_defaults())
     return thread
+
+
+def _discovery_interval() -> dt.timedelta:
+    return dt.timedelta(seconds=app_settings.DISCOVERY_INTERVAL)
 
 
 def _thread_defaults() -> dict:
@@ -125,8 +130,13 @@ def apply_run(payload: dict, *, connection: str, seen: Observation, user=None) -
             run.expiring_flagged_at = None  # Foundry moves expires_at (far later while requires_action)
         if new_status in TERMINAL_RUN_STATUSES:
             run.next_poll_at = None
-        elif created or run.next_poll_at is None:
-            run.next_poll_at = seen.received  # the poller takes it from here
+            if changed:  # nothing new starts on the thread right after its run: the next listing, an interval on
+                Thread.objects.filter(pk=thread.pk, next_discovery_at__lt=seen.received + _discovery_interval()
+                                      ).update(next_discovery_at=seen.received + _discovery_interval())
+        elif created or run.next_poll_at is None or (changed and seen.source != Source.POLL):
+            # A new run, or one an action or a stream moved on (a submit's queued): the poller's first look comes
+            # when a change is likely (the poller, after its own polls, sets the next one itself).
+            run.next_poll_at = seen.received + dt.timedelta(seconds=app_settings.POLL_FAST)
             transaction.on_commit(_announce_polling_needed)
         run.save()
         if changed:

@@ -15,13 +15,19 @@ from runs_app.models import ConnectionState, Run
 
 logger = logging.getLogger("runs_app.poller")
 
-def claim_due_runs(token: str, *, limit: int | None = None, now: dt.datetime | None = None) -> list[Run]:
-    """Claim up to ``limit`` due runs for this lane; no other lane gets them until released or lapsed."""
+def claim_due_runs(token: str, *, limit: int | None = None, now: dt.datetime | None = None,
+                   connection_name: str | None = None) -> list[Run]:
+    """Claim up to ``limit`` due runs (of one connection, if named), most overdue first, for this lane; no other lane
+    gets them until released or lapsed."""
     now = now or timezone.now()
-    limit = limit or app_settings.CLAIM_BATCH
+    limit = app_settings.CLAIM_BATCH if limit is None else limit
+    if limit <= 0:
+        return []
     lease_until = now + dt.timedelta(seconds=app_settings.CLAIM_LEASE)
     paused = ConnectionState.objects.paused(now)
     due = Run.objects.due_for_poll(now).exclude(connection__in=paused).order_by("next_poll_at")
+    if connection_name is not None:
+        due = due.filter(connection=connection_name)
     if connection.features.has_select_for_update_skip_locked:
         with transaction.atomic():
             ids = list(due.select_for_update(skip_locked=True, of=("self",)).values_list("pk", flat=True)[:limit])

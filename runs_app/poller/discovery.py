@@ -6,15 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from runs_app import services
-from runs_app.assistants import AssistantsError, RateLimited
+from runs_app.assistants import AssistantsClient, AssistantsError, RateLimited
 from runs_app.conf import app_settings
 from runs_app.mirror import upsert
 from runs_app.mirror.ordering import Observation, ts
 from runs_app.models import ConnectionState, Run, Source, Thread
-from runs_app.poller.polling import pause_connection
+from runs_app.poller.budget import Budget
+from runs_app.poller.polling import rate_limited
 
 logger = logging.getLogger("runs_app.poller")
 
@@ -24,29 +26,30 @@ def discover_due_threads(*, limit: int = 20) -> int:
     now = timezone.now()
     interval = dt.timedelta(seconds=app_settings.DISCOVERY_INTERVAL)
     paused = ConnectionState.objects.paused(now)
-    found = 0
-    for thread in Thread.objects.filter(tracked=True, next_discovery_at__lte=now).exclude(
-            connection__in=paused).order_by("next_discovery_at")[:limit]:
-        if Run.objects.filter(thread=thread).active().exists():
-            # One active run per thread: nothing new can start there while the poller follows this one.
-            Thread.objects.filter(pk=thread.pk).update(next_discovery_at=now + interval)
-            continue
+    due = Thread.objects.filter(tracked=True, next_discovery_at__lte=now).exclude(connection__in=paused)
+    # One active run per thread: nothing new can start on a thread while the poller follows its run. Such threads
+    # are not listed (their run's end puts their next listing DISCOVERY_INTERVAL later), in one statement.
+    followed = Run.objects.filter(thread=OuterRef("pk")).active()
+    due.filter(Exists(followed)).update(next_discovery_at=now + interval)
+    found, budgets = 0, {}
+    for thread in due.exclude(Exists(followed)).order_by("next_discovery_at")[:limit]:
         taken = Thread.objects.filter(pk=thread.pk, next_discovery_at=thread.next_discovery_at).update(
             next_discovery_at=now + dt.timedelta(seconds=thread.discovery_interval or interval.total_seconds()))
         if not taken:
             continue
+        budget = budgets.setdefault(thread.connection, Budget(thread.connection))
+        client = AssistantsClient(thread.connection, budget=budget)
         try:
             started = timezone.now()
-            page = services.get_client(thread.connection).list_runs(thread.remote_id, limit=100, order="desc")
+            page = client.list_runs(thread.remote_id, limit=100, order="desc")
             ConnectionState.objects.record(thread.connection, ok=1)
         except RateLimited as exc:
-            pause_connection(thread.connection, exc.retry_after, str(exc))
+            rate_limited(thread.connection, exc)
             continue
         except AssistantsError as exc:
             logger.warning("discovery on %s failed: %s", thread.remote_id, exc)
             continue
         new = 0
-        client = services.get_client(thread.connection)
         for payload in page.get("data", []):
             applied = upsert.apply_run(payload, connection=thread.connection,
                                               seen=Observation.now(Source.LIST, started))
@@ -63,6 +66,8 @@ def discover_due_threads(*, limit: int = 20) -> int:
         next_interval = base if new else min(ceiling, max(base, (thread.discovery_interval or base) * 2))
         Thread.objects.filter(pk=thread.pk).update(discovery_interval=next_interval)
         found += new
+    for budget in budgets.values():
+        budget.settle()
     return found
 
 
@@ -88,7 +93,14 @@ def discover_new_threads(*, now: dt.datetime | None = None) -> int:
 def _discover_threads_of(name: str, newest_known: str, now: dt.datetime) -> int:
     conf = app_settings.connection(name)
     since = now - dt.timedelta(seconds=conf["DISCOVER_THREADS_SINCE"])
-    client = services.get_client(name)
+    budget = Budget(name)
+    try:
+        return _list_new_threads(name, newest_known, since, AssistantsClient(name, budget=budget))
+    finally:
+        budget.settle()
+
+
+def _list_new_threads(name: str, newest_known: str, since: dt.datetime, client: AssistantsClient) -> int:
     requests, new_threads, newest = 0, [], None
     after = None
     try:
@@ -109,7 +121,7 @@ def _discover_threads_of(name: str, newest_known: str, now: dt.datetime) -> int:
                 break
             after = data[-1]["id"]
     except RateLimited as exc:
-        pause_connection(name, exc.retry_after, str(exc))
+        rate_limited(name, exc)
         return 0
     except AssistantsError as exc:
         logger.warning("thread discovery on %s failed: %s", name, exc)

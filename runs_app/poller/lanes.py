@@ -15,8 +15,11 @@ from django.db.models import F, Min, Q
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from runs_app.assistants import AssistantsClient
 from runs_app.conf import app_settings
 from runs_app.models import ConnectionState, PollerLane, Run, Thread
+from runs_app.poller.budget import Budget
+from runs_app.poller.budget import take as budget_take
 from runs_app.poller.claims import claim_due_runs
 from runs_app.poller.discovery import discover_due_threads, discover_new_threads
 from runs_app.poller.polling import ConnectionCounters, apply_changed, poll_claimed, release_unchanged
@@ -44,18 +47,20 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
                 logger.info("lane %s: taken over by another cycle; stopping", lane)
                 stats["stopped"] = True
                 return stats
-            runs = claim_due_runs(token)
+            runs, clients, budgets = claim_within_budgets(token)
             if runs:
                 counters, unchanged = ConnectionCounters(), []
+                jobs = [(run, token, counters, unchanged, clients[run.connection]) for run in runs]
                 if pool is None:
-                    for run in runs:
-                        poll_claimed(run, token, counters, unchanged=unchanged)
+                    for job in jobs:
+                        _poll(*job)
                 else:
-                    list(pool.map(_in_thread, [_poll] * len(runs), runs, [token] * len(runs),
-                                  [counters] * len(runs), [unchanged] * len(runs)))
+                    list(pool.map(_in_thread, [_poll] * len(jobs), *zip(*jobs, strict=True)))
                 for moved in release_unchanged(unchanged, token):  # one statement for the pass
                     apply_changed(moved, token)
                 counters.flush()
+            for budget in budgets:
+                budget.settle()
                 stats["polled"] += len(runs)
                 PollerLane.objects.filter(lane=lane).update(runs_polled=F("runs_polled") + len(runs))
             stats["threads_discovered"] = stats.get("threads_discovered", 0) + discover_new_threads()
@@ -102,8 +107,24 @@ class _Heartbeat(threading.Thread):
             connection.close()
 
 
-def _poll(run, token, counters, unchanged):
-    return poll_claimed(run, token, counters, unchanged=unchanged)
+def _poll(run, token, counters, unchanged, client):
+    return poll_claimed(run, token, counters, unchanged=unchanged, client=client)
+
+
+def claim_within_budgets(token: str) -> tuple[list[Run], dict[str, AssistantsClient], list[Budget]]:
+    """This pass's runs: per connection, as many due runs as its request budget grants now (most overdue first),
+    and a client paced by the same budget for every further request of the pass (retries, steps, messages)."""
+    runs, clients, budgets = [], {}, []
+    for name in app_settings.CONNECTIONS:
+        budget = Budget(name)
+        granted = budget_take(name, app_settings.CLAIM_BATCH)
+        claimed = claim_due_runs(token, limit=granted, connection_name=name) if granted else []
+        budget.deposit(granted)
+        budgets.append(budget)
+        if claimed:
+            runs += claimed
+            clients[name] = AssistantsClient(name, budget=budget)
+    return runs, clients, budgets
 
 
 def _in_thread(func, *args):

@@ -12,6 +12,7 @@ from runs_app import signals
 from runs_app.assistants import AssistantsClient, AssistantsError
 from runs_app.conf import app_settings
 from runs_app.models import ConnectionState, Run, RunStatus
+from runs_app.poller.budget import Budget
 
 logger = logging.getLogger("runs_app.poller")
 
@@ -46,8 +47,9 @@ def probe_idle_connections(now: dt.datetime | None = None) -> list[str]:
         if not ConnectionState.objects.take_probe(name, now, app_settings.HEALTH_PROBE_AFTER):
             continue
         probed.append(name)
+        budget = Budget(name)
         try:
-            client = AssistantsClient(name, max_retries=0, connect_timeout=2.0, read_timeout=5.0)
+            client = AssistantsClient(name, max_retries=0, connect_timeout=2.0, read_timeout=5.0, budget=budget)
             client.list_assistants(limit=1)
             ConnectionState.objects.record(name, ok=1)
         except AssistantsError as exc:
@@ -55,4 +57,6 @@ def probe_idle_connections(now: dt.datetime | None = None) -> list[str]:
         except Exception as exc:  # a bug in the probe must not stop the lane
             logger.warning("health probe of %s failed: %s", name, exc)
             ConnectionState.objects.record(name, failed=1, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            budget.settle()
     return probed
