@@ -322,7 +322,8 @@ def main(argv=None) -> int:
             "checked": checked["checked"], "mismatches": len(checked["mismatches"]),
             "mismatch_samples": checked["mismatches"][:5], "duplicates": checked["duplicates"],
             "lag": {k: lag[k] for k in ("changes", "missed", "p50", "p90", "p99", "max", "by_status")},
-            "remote_requests": {k: after.get(k, 0) - before.get(k, 0) for k in after},
+            # Keys starting with "_" are the counter's breakdowns (e.g. by second), not request kinds.
+            "remote_requests": {k: after.get(k, 0) - before.get(k, 0) for k in after if not k.startswith("_")},
             "faults_config": faults_seen, "failed_q_tasks": Failure.objects.count(),
             "lane_heartbeat_age_s": round((timezone.now() - beat).total_seconds(), 1) if beat else None,
             "seconds": round(time.time() - started, 1),
