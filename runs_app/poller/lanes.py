@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from django.db import close_old_connections, connection
 from django.db.models import F, Min, Q
@@ -49,15 +50,12 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
                 return stats
             runs, clients, budgets = claim_within_budgets(token)
             if runs:
-                counters, unchanged = ConnectionCounters(), []
-                jobs = [(run, token, counters, unchanged, clients[run.connection]) for run in runs]
-                if pool is None:
-                    for job in jobs:
-                        _poll(*job)
-                else:
-                    list(pool.map(_in_thread, [_poll] * len(jobs), *zip(*jobs, strict=True)))
-                for moved in release_unchanged(unchanged, token):  # one statement for the pass
-                    apply_changed(moved, token)
+                counters, unchanged, changed = ConnectionCounters(), [], []
+                jobs = [(run, token, counters, unchanged, changed, clients[run.connection]) for run in runs]
+                each = map if pool is None else partial(_each_in_pool, pool)
+                list(each(lambda job: _poll(*job), jobs))
+                changed += release_unchanged(unchanged, token)  # one statement for the pass's unchanged polls
+                apply_changed(changed, token, each)  # one transaction, one release for its changes
                 counters.flush()
             for budget in budgets:
                 budget.settle()
@@ -107,8 +105,13 @@ class _Heartbeat(threading.Thread):
             connection.close()
 
 
-def _poll(run, token, counters, unchanged, client):
-    return poll_claimed(run, token, counters, unchanged=unchanged, client=client)
+def _poll(run, token, counters, unchanged, changed, client):
+    return poll_claimed(run, token, counters, unchanged=unchanged, changed=changed, client=client)
+
+
+def _each_in_pool(pool: ThreadPoolExecutor, fn, items) -> list:
+    """``fn`` over ``items`` on the lane's threads (each closes the database connection it opened)."""
+    return list(pool.map(_in_thread, [fn] * len(items), items))
 
 
 def claim_within_budgets(token: str) -> tuple[list[Run], dict[str, AssistantsClient], list[Budget]]:

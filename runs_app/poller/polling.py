@@ -22,8 +22,8 @@ from runs_app.poller.schedule import next_poll_delay
 logger = logging.getLogger("runs_app.poller")
 
 @dataclass
-class Unchanged:
-    """A poll that saw the stored state again, waiting to be recorded with the rest of its pass."""
+class Polled:
+    """One run's poll in a pass: what came back and when, waiting to be recorded with the rest of the pass."""
 
     run: Run
     payload: dict
@@ -31,14 +31,22 @@ class Unchanged:
     received: dt.datetime
     client: AssistantsClient | None = None
 
+    @property
+    def seen(self) -> Observation:
+        return Observation(Source.POLL, self.started, self.received)
+
+
+Unchanged = Polled  # (the name the pass's first list goes by)
+
 
 def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = None, *,
-                 unchanged: list[Unchanged] | None = None, client: AssistantsClient | None = None) -> str:
-    """Poll one claimed run; returns the outcome ('same', 'changed', 'paused', 'gone', 'error').
+                 unchanged: list[Polled] | None = None, changed: list[Polled] | None = None,
+                 client: AssistantsClient | None = None) -> str:
+    """Poll one claimed run; returns the outcome ('same', 'changed', 'paused', 'throttled', 'gone', 'error').
 
-    Most polls find nothing new: with ``unchanged`` (a pass's list) such a poll is only noted there, and
-    ``release_unchanged`` records the whole pass's in one statement; without it, it is recorded at once. Only a
-    changed run goes through the upsert (and, if needed, a fetch of its steps and messages) and is released here."""
+    Within a lane's pass (``unchanged`` and ``changed`` given) a poll only notes what it saw: the pass records all
+    its unchanged polls in one statement (``release_unchanged``) and applies all its changes in one transaction
+    (``apply_changed``). Alone, a poll is recorded at once. Failures release the run at once either way."""
     counters = counters if counters is not None else ConnectionCounters()
     client = client or services.get_client(run.connection)
     started = timezone.now()
@@ -62,34 +70,73 @@ def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = Non
         release(run, token, next_poll_at=started + dt.timedelta(seconds=2 * app_settings.POLL_SLOW))
         return "error"
     counters.succeeded(run.connection)
-    seen = Unchanged(run, payload, started, timezone.now(), client)
+    polled = Polled(run, payload, started, timezone.now(), client)
     # The shortcut only when nothing is owed: a run whose steps and messages were not fetched for its status
     # (an earlier fetch failed) goes through the upsert, which fetches them, even if the run object is the same.
     if payload == run.raw and not services.details_owed(run):
         if unchanged is not None:
-            unchanged.append(seen)
+            unchanged.append(polled)
             return "same"
-        if not release_unchanged([seen], token):
+        if not release_unchanged([polled], token):
             return "same"
-    return apply_changed(seen, token)
+    if changed is not None:
+        changed.append(polled)
+        return "changed"
+    return apply_changed([polled], token)[0]
 
 
-def apply_changed(seen: Unchanged, token: str) -> str:
-    """The poll brought news (or the row moved while it was out): the upsert decides, then the claim is released."""
-    run = seen.run
-    try:
-        run = services.run_apply_polled(run=run, payload=seen.payload, client=seen.client,
-                                        seen=Observation(Source.POLL, seen.started, seen.received))
-    except AssistantsError as exc:  # fetching the changed run's steps or messages failed: poll again soon
-        logger.warning("%s: details failed: %s", run.remote_id, exc)
-        release(run, token, next_poll_at=timezone.now() + dt.timedelta(seconds=app_settings.POLL_FAST))
-        return "error"
-    delay = next_poll_delay(run, timezone.now())
-    release(run, token, next_poll_at=None if delay is None else timezone.now() + dt.timedelta(seconds=delay))
-    return "changed"
+def apply_changed(polls: list[Polled], token: str, map_each=None) -> list[str]:
+    """A pass's polls that brought news (or whose row moved while they were out): applied through the upsert in ONE
+    transaction, then the steps and messages fetched of those that stopped (``map_each(fn, items)`` runs the fetches,
+    e.g. on the lane's threads), then all released in ONE statement. Returns each poll's outcome."""
+    if not polls:
+        return []
+    runs = services.runs_apply_polled(polls=[(p.run, p.payload, p.seen) for p in polls])
+    owed = [(p, run) for p, run in zip(polls, runs, strict=True) if services.details_owed(run)]
+    failed: set[int] = set()
+
+    def fetch_details(item) -> None:
+        polled, run = item
+        try:
+            services.run_details_sync(run=run, client=polled.client, source=Source.POLL)
+        except AssistantsError as exc:  # poll again soon: the run stays owed its details
+            logger.warning("%s: details failed: %s", run.remote_id, exc)
+            failed.add(run.pk)
+
+    list((map_each or map)(fetch_details, owed))
+    now = timezone.now()
+    releases = []
+    for run in runs:
+        delay = app_settings.POLL_FAST if run.pk in failed else next_poll_delay(run, now)
+        releases.append((run, None if delay is None else now + dt.timedelta(seconds=delay)))
+    release_many(releases, token)
+    return ["error" if run.pk in failed else "changed" for run in runs]
 
 
-def release_unchanged(polls: list[Unchanged], token: str) -> list[Unchanged]:
+def release_many(releases: list[tuple[Run, dt.datetime | None]], token: str) -> None:
+    """Release claimed runs, each with its next poll, in ONE statement."""
+    if not releases:
+        return
+    ops, quote = connection.ops, connection.ops.quote_name
+    column = {f: quote(Run._meta.get_field(f).column) for f in (
+        "id", "claimed_by", "claimed_until", "polls", "next_poll_at")}
+    whens, params = [], []
+    for run, next_poll_at in releases:
+        whens.append("WHEN %s THEN %s")
+        params += [run.pk, None if next_poll_at is None else ops.adapt_datetimefield_value(next_poll_at)]
+    ids = ", ".join(["%s"] * len(releases))
+    table = quote(Run._meta.db_table)
+    # Quoted column names and placeholders only are interpolated; every value is a parameter.
+    sql = (f"UPDATE {table} SET {column['claimed_by']} = '', {column['claimed_until']} = NULL, "  # noqa: S608
+           f"{column['polls']} = {column['polls']} + 1, "
+           f"{column['next_poll_at']} = CASE {column['id']} {' '.join(whens)} END "
+           f"WHERE {column['claimed_by']} = %s AND {column['id']} IN ({ids})")
+    logger.debug("release %s %s", token, " ".join(run.remote_id for run, _ in releases))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, token, *[run.pk for run, _ in releases]])
+
+
+def release_unchanged(polls: list[Polled], token: str) -> list[Polled]:
     """Record a pass's unchanged polls — each run's observation, next poll and release — in ONE statement. Returns
     the polls whose row moved meanwhile (another source changed it, or the claim lapsed): the upsert decides those.
 

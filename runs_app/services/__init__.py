@@ -27,6 +27,7 @@ from runs_app.services.runs import (
     run_poll,
     run_refresh,
     run_submit_tool_outputs,
+    runs_apply_polled,
     thread_and_run_create,
 )
 from runs_app.services.streams import (
@@ -49,7 +50,8 @@ __all__ = [
     "ensure_thread_idle",
     "get_client", "mark_answered", "message_create", "messages_sync_after_create", "real_user", "redact",
     "run_apply_polled", "run_cancel", "run_create", "run_create_stream", "run_details_sync", "run_modify_metadata",
-    "run_poll", "run_refresh", "run_submit_tool_outputs", "run_submit_tool_outputs_stream", "thread_and_run_create",
+    "run_poll", "run_refresh", "run_submit_tool_outputs", "run_submit_tool_outputs_stream", "runs_apply_polled",
+    "thread_and_run_create",
     "thread_and_run_create_stream", "thread_create", "thread_import", "thread_messages_sync", "thread_sync",
     "validate_message", "validate_messages", "validate_metadata", "validate_run_request", "validate_tool_outputs",
 ]

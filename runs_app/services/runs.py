@@ -137,6 +137,13 @@ def run_poll(*, run: Run, source: str = Source.POLL, force_details: bool = False
     return run_apply_polled(run=run, payload=payload, seen=Observation.now(source, started), client=client)
 
 
+def runs_apply_polled(*, polls: list[tuple[Run, dict, Observation]]) -> list[Run]:
+    """Apply a poll pass's run objects through the upsert in ONE transaction (each row by the same rules as alone);
+    their steps and messages are the caller's to fetch (``details_owed``, ``run_details_sync``)."""
+    with transaction.atomic():
+        return [upsert.apply_run(payload, connection=run.connection, seen=seen).row for run, payload, seen in polls]
+
+
 def run_apply_polled(*, run: Run, payload: dict, seen: Observation, client: AssistantsClient | None = None) -> Run:
     """Apply a polled run object, and fetch the run's steps and messages if it shows they changed."""
     run = upsert.apply_run(payload, connection=run.connection, seen=seen).row
