@@ -100,50 +100,83 @@ def apply_run(payload: dict, *, connection: str, seen: Observation, user=None) -
     """Apply a run object. Creates the thread stub if needed; records status changes in the timeline."""
     payload = without_nul(payload)
     with transaction.atomic():
-        thread = thread_stub(connection, payload["thread_id"])
-        run, created = _locked_get_or_create(
-            Run, connection, payload["id"],
-            defaults={"thread": thread, "status": payload.get("status") or RunStatus.QUEUED,
-                      "created_at": ts(payload.get("created_at"))},
-        )
-        old_status = None if created else run.status
-        answered = set(run.answered_call_ids or [])
-        if not created and not run_payload_is_newer(
-            current_status=run.status, current_calls=call_ids(run.required_action), answered=answered,
-            current_from=run.observed_from, current_to=run.observed_to, incoming=payload, seen=seen,
-        ):
-            return Applied(run, False, False, old_status)
-        new_status = payload.get("status") or run.status
-        if old_status == RunStatus.REQUIRES_ACTION and new_status != RunStatus.REQUIRES_ACTION:
-            answered |= call_ids(run.required_action)  # the outputs were taken, by us or by someone
-        _fill_run(run, payload)
-        run.answered_call_ids = sorted(answered)
-        run.observed_from, run.observed_to, run.synced_at = seen.sent, seen.received, seen.received
-        changed = created or old_status != new_status
-        if changed:
-            run.status_changed_at = seen.received
-            run.stuck_since = None
-            if new_status != RunStatus.REQUIRES_ACTION:
-                run.expiring_flagged_at = None
-        if run.expiring_flagged_at and run.expires_at and run.expires_at > seen.received + dt.timedelta(
-                seconds=app_settings.EXPIRING_WITHIN):
-            run.expiring_flagged_at = None  # Foundry moves expires_at (far later while requires_action)
-        if new_status in TERMINAL_RUN_STATUSES:
-            run.next_poll_at = None
-            if changed:  # nothing new starts on the thread right after its run: the next listing, an interval on
-                Thread.objects.filter(pk=thread.pk, next_discovery_at__lt=seen.received + _discovery_interval()
-                                      ).update(next_discovery_at=seen.received + _discovery_interval())
-        elif created or run.next_poll_at is None or (changed and seen.source != Source.POLL):
-            # A new run, or one an action or a stream moved on (a submit's queued): the poller's first look comes
-            # when a change is likely (the poller, after its own polls, sets the next one itself).
-            run.next_poll_at = seen.received + dt.timedelta(seconds=app_settings.POLL_FAST)
-            transaction.on_commit(_announce_polling_needed)
-        run.save()
-        if changed:
-            RunEvent.objects.create(run=run, kind=RunEvent.Kind.STATUS, from_status=old_status or "",
-                                    to_status=new_status, source=seen.source, observed_at=seen.received, user=user)
-            transaction.on_commit(lambda: _send_status_signals(run, old_status, new_status, seen.source))
-    return Applied(run, created, True, old_status)
+        run = Run.objects.select_for_update().filter(connection=connection, remote_id=payload["id"]).first()
+        created = False
+        if run is None:  # (a known run's thread is known: the lookup of its stub is spared)
+            run, created = _locked_get_or_create(
+                Run, connection, payload["id"],
+                defaults={"thread": thread_stub(connection, payload["thread_id"]),
+                          "status": payload.get("status") or RunStatus.QUEUED,
+                          "created_at": ts(payload.get("created_at"))},
+            )
+        applied, event = _apply_to_run(run, created, payload, seen, user)
+        if event is not None:
+            event.save()
+    return applied
+
+
+def apply_runs(items: list[tuple[dict, Observation]], *, connection: str) -> list[Applied]:
+    """Apply many run objects of one connection (a poll pass's) in one transaction, by the same rules as
+    ``apply_run``: the known rows locked and read in one query, the timeline's new entries written in one."""
+    items = [(without_nul(payload), seen) for payload, seen in items]
+    with transaction.atomic():
+        known = {run.remote_id: run for run in Run.objects.select_for_update().filter(
+            connection=connection, remote_id__in=[payload["id"] for payload, _ in items])}
+        results, events = [], []
+        for payload, seen in items:
+            run = known.get(payload["id"])
+            if run is None:
+                results.append(apply_run(payload, connection=connection, seen=seen))
+                continue
+            applied, event = _apply_to_run(run, False, payload, seen, None)
+            results.append(applied)
+            if event is not None:
+                events.append(event)
+        RunEvent.objects.bulk_create(events)
+    return results
+
+
+def _apply_to_run(run: Run, created: bool, payload: dict, seen: Observation, user) -> tuple[Applied, RunEvent | None]:
+    """The ordering rules and the write of one locked run row; returns the timeline entry to write, if any."""
+    old_status = None if created else run.status
+    answered = set(run.answered_call_ids or [])
+    if not created and not run_payload_is_newer(
+        current_status=run.status, current_calls=call_ids(run.required_action), answered=answered,
+        current_from=run.observed_from, current_to=run.observed_to, incoming=payload, seen=seen,
+    ):
+        return Applied(run, False, False, old_status), None
+    new_status = payload.get("status") or run.status
+    if old_status == RunStatus.REQUIRES_ACTION and new_status != RunStatus.REQUIRES_ACTION:
+        answered |= call_ids(run.required_action)  # the outputs were taken, by us or by someone
+    _fill_run(run, payload)
+    run.answered_call_ids = sorted(answered)
+    run.observed_from, run.observed_to, run.synced_at = seen.sent, seen.received, seen.received
+    changed = created or old_status != new_status
+    if changed:
+        run.status_changed_at = seen.received
+        run.stuck_since = None
+        if new_status != RunStatus.REQUIRES_ACTION:
+            run.expiring_flagged_at = None
+    if run.expiring_flagged_at and run.expires_at and run.expires_at > seen.received + dt.timedelta(
+            seconds=app_settings.EXPIRING_WITHIN):
+        run.expiring_flagged_at = None  # Foundry moves expires_at (far later while requires_action)
+    if new_status in TERMINAL_RUN_STATUSES:
+        run.next_poll_at = None
+        if changed:  # nothing new starts on the thread right after its run: the next listing, an interval on
+            Thread.objects.filter(pk=run.thread_id, next_discovery_at__lt=seen.received + _discovery_interval()
+                                  ).update(next_discovery_at=seen.received + _discovery_interval())
+    elif created or run.next_poll_at is None or (changed and seen.source != Source.POLL):
+        # A new run, or one an action or a stream moved on (a submit's queued): the poller's first look comes
+        # when a change is likely (the poller, after its own polls, sets the next one itself).
+        run.next_poll_at = seen.received + dt.timedelta(seconds=app_settings.POLL_FAST)
+        transaction.on_commit(_announce_polling_needed)
+    run.save()
+    event = None
+    if changed:
+        event = RunEvent(run=run, kind=RunEvent.Kind.STATUS, from_status=old_status or "", to_status=new_status,
+                         source=seen.source, observed_at=seen.received, user=user)
+        transaction.on_commit(lambda: _send_status_signals(run, old_status, new_status, seen.source))
+    return Applied(run, created, True, old_status), event
 
 
 def _fill_run(run: Run, payload: dict) -> None:

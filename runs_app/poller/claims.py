@@ -7,25 +7,28 @@ import datetime as dt
 import logging
 
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
 from runs_app.conf import app_settings
-from runs_app.models import ConnectionState, Run
+from runs_app.models import ConnectionState, Run, RunStatus
 
 logger = logging.getLogger("runs_app.poller")
 
 def claim_due_runs(token: str, *, limit: int | None = None, now: dt.datetime | None = None,
                    connection_name: str | None = None) -> list[Run]:
-    """Claim up to ``limit`` due runs (of one connection, if named), most overdue first, for this lane; no other lane
-    gets them until released or lapsed."""
+    """Claim up to ``limit`` due runs (of one connection, if named), those about to start first, then the most overdue,
+    for this lane; no other lane gets them until released or lapsed."""
     now = now or timezone.now()
     limit = app_settings.CLAIM_BATCH if limit is None else limit
     if limit <= 0:
         return []
     lease_until = now + dt.timedelta(seconds=app_settings.CLAIM_LEASE)
     paused = ConnectionState.objects.paused(now)
-    due = Run.objects.due_for_poll(now).exclude(connection__in=paused).order_by("next_poll_at")
+    # Most likely to have changed first: a queued run starts within about a second (just created, or just given
+    # its tool outputs); then the most overdue. When the lane falls behind, this is where a change is waiting.
+    starting = Case(When(status=RunStatus.QUEUED, then=Value(0)), default=Value(1), output_field=IntegerField())
+    due = Run.objects.due_for_poll(now).exclude(connection__in=paused).order_by(starting, "next_poll_at")
     if connection_name is not None:
         due = due.filter(connection=connection_name)
     if connection.features.has_select_for_update_skip_locked:

@@ -140,8 +140,16 @@ def run_poll(*, run: Run, source: str = Source.POLL, force_details: bool = False
 def runs_apply_polled(*, polls: list[tuple[Run, dict, Observation]]) -> list[Run]:
     """Apply a poll pass's run objects through the upsert in ONE transaction (each row by the same rules as alone);
     their steps and messages are the caller's to fetch (``details_owed``, ``run_details_sync``)."""
+    by_connection: dict[str, list[int]] = {}
+    for index, (run, _, _) in enumerate(polls):
+        by_connection.setdefault(run.connection, []).append(index)
+    rows: list[Run | None] = [None] * len(polls)
     with transaction.atomic():
-        return [upsert.apply_run(payload, connection=run.connection, seen=seen).row for run, payload, seen in polls]
+        for name, indexes in by_connection.items():
+            applied = upsert.apply_runs([(polls[i][1], polls[i][2]) for i in indexes], connection=name)
+            for i, result in zip(indexes, applied, strict=True):
+                rows[i] = result.row
+    return rows
 
 
 def run_apply_polled(*, run: Run, payload: dict, seen: Observation, client: AssistantsClient | None = None) -> Run:
