@@ -353,11 +353,14 @@ class ConnectionStateQuerySet(models.QuerySet):
         return state
 
     def record(self, name: str, *, ok: int = 0, failed: int = 0, error: str = "", discovery: int = 0,
-               threads_discovered: int = 0, newest_thread_id: str | None = None) -> None:
+               threads_discovered: int = 0, newest_thread_id: str | None = None, budget_unused: int = 0) -> None:
         """Count requests: ``ok`` answered, ``failed`` failed (``error`` the last one's text); ``discovery`` of them
-        made by thread discovery."""
+        made by thread discovery; ``budget_unused`` tokens taken from the request budget and not spent go back."""
         now = timezone.now()
         changes = {"requests": F("requests") + ok + failed}
+        if budget_unused:
+            changes.update(budget_tokens=F("budget_tokens") + budget_unused,
+                           budget_granted=F("budget_granted") - budget_unused)
         if ok:
             changes["last_success_at"] = now
         if failed:

@@ -101,15 +101,18 @@ def apply_run(payload: dict, *, connection: str, seen: Observation, user=None) -
     payload = without_nul(payload)
     with transaction.atomic():
         run = Run.objects.select_for_update().filter(connection=connection, remote_id=payload["id"]).first()
-        created = False
         if run is None:  # (a known run's thread is known: the lookup of its stub is spared)
-            run, created = _locked_get_or_create(
-                Run, connection, payload["id"],
-                defaults={"thread": thread_stub(connection, payload["thread_id"]),
-                          "status": payload.get("status") or RunStatus.QUEUED,
-                          "created_at": ts(payload.get("created_at"))},
-            )
-        applied, event = _apply_to_run(run, created, payload, seen, user)
+            fresh = Run(connection=connection, remote_id=payload["id"],
+                        thread=thread_stub(connection, payload["thread_id"]))
+            try:
+                with transaction.atomic():  # one INSERT of the whole row
+                    applied, event = _apply_to_run(fresh, True, payload, seen, user)
+                    if event is not None:
+                        event.save()
+                return applied
+            except IntegrityError:  # created meanwhile by another source: apply to that row
+                run = Run.objects.select_for_update().get(connection=connection, remote_id=payload["id"])
+        applied, event = _apply_to_run(run, False, payload, seen, user)
         if event is not None:
             event.save()
     return applied

@@ -84,7 +84,11 @@ class Budget:
         ConnectionState.objects.throttle_down(self.connection, THROTTLE_STEP / in_use, floor=THROTTLE_FLOOR,
                                               recovery=THROTTLE_RECOVERY)
 
-    def settle(self) -> None:
+    def unused(self) -> int:
+        """The pass's tokens not spent, handed back (the caller returns them to the bucket)."""
         with self._lock:
             unused, self._reserve = self._reserve, 0
-        ConnectionState.objects.give_back_budget(self.connection, unused)
+        return unused
+
+    def settle(self) -> None:
+        ConnectionState.objects.give_back_budget(self.connection, self.unused())

@@ -30,7 +30,9 @@ def discover_due_threads(*, limit: int = 20) -> int:
     # One active run per thread: nothing new can start on a thread while the poller follows its run. Such threads
     # are not listed (their run's end puts their next listing DISCOVERY_INTERVAL later), in one statement.
     followed = Run.objects.filter(thread=OuterRef("pk")).active()
-    due.filter(Exists(followed)).update(next_discovery_at=now + interval)
+    skipped = list(due.filter(Exists(followed)).values_list("pk", flat=True)[:1000])  # (read first: writes wait)
+    if skipped:
+        Thread.objects.filter(pk__in=skipped).update(next_discovery_at=now + interval)
     found, budgets = 0, {}
     for thread in due.exclude(Exists(followed)).order_by("next_discovery_at")[:limit]:
         taken = Thread.objects.filter(pk=thread.pk, next_discovery_at=thread.next_discovery_at).update(

@@ -42,25 +42,25 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
     if beat is not None:
         beat.start()
     try:
+        # Few writes a pass, none while idle but the lane's own row: on SQLite every write waits its turn for the
+        # one writer (and a waiting writer backs off), so a pass's bookkeeping shares statements.
         while time.monotonic() < deadline:
-            if (beat is not None and beat.lost.is_set()) or not PollerLane.objects.filter(
-                    lane=lane, token=token).update(heartbeat_at=timezone.now(), cycles=F("cycles") + 1):
-                logger.info("lane %s: taken over by another cycle; stopping", lane)
-                stats["stopped"] = True
-                return stats
+            if beat is not None and beat.lost.is_set():
+                return _stopped(lane, stats)
             runs, clients, budgets = claim_within_budgets(token)
+            counters = ConnectionCounters()
             if runs:
-                counters, unchanged, changed = ConnectionCounters(), [], []
+                unchanged, changed = [], []
                 jobs = [(run, token, counters, unchanged, changed, clients[run.connection]) for run in runs]
                 each = map if pool is None else partial(_each_in_pool, pool)
                 list(each(lambda job: _poll(*job), jobs))
                 changed += release_unchanged(unchanged, token)  # one statement for the pass's unchanged polls
                 apply_changed(changed, token, each)  # one transaction, one release for its changes
-                counters.flush()
-            for budget in budgets:
-                budget.settle()
-                stats["polled"] += len(runs)
-                PollerLane.objects.filter(lane=lane).update(runs_polled=F("runs_polled") + len(runs))
+            counters.flush(unused_budget={b.connection: b.unused() for b in budgets})
+            stats["polled"] += len(runs)
+            if not PollerLane.objects.filter(lane=lane, token=token).update(
+                    heartbeat_at=timezone.now(), cycles=F("cycles") + 1, runs_polled=F("runs_polled") + len(runs)):
+                return _stopped(lane, stats)
             stats["threads_discovered"] = stats.get("threads_discovered", 0) + discover_new_threads()
             stats["discovered"] += discover_due_threads()
             probe_idle_connections()
@@ -105,6 +105,12 @@ class _Heartbeat(threading.Thread):
             connection.close()
 
 
+def _stopped(lane: int, stats: dict) -> dict:
+    logger.info("lane %s: taken over by another cycle; stopping", lane)
+    stats["stopped"] = True
+    return stats
+
+
 def _poll(run, token, counters, unchanged, changed, client):
     return poll_claimed(run, token, counters, unchanged=unchanged, changed=changed, client=client)
 
@@ -118,7 +124,10 @@ def claim_within_budgets(token: str) -> tuple[list[Run], dict[str, AssistantsCli
     """This pass's runs: per connection, as many due runs as its request budget grants now (most overdue first),
     and a client paced by the same budget for every further request of the pass (retries, steps, messages)."""
     runs, clients, budgets = [], {}, []
-    for name in app_settings.CONNECTIONS:
+    now = timezone.now()
+    due = set(Run.objects.due_for_poll(now).exclude(connection__in=ConnectionState.objects.paused(now))
+              .values_list("connection", flat=True).distinct())
+    for name in [name for name in app_settings.CONNECTIONS if name in due]:
         budget = Budget(name)
         granted = budget_take(name, app_settings.CLAIM_BATCH)
         claimed = claim_due_runs(token, limit=granted, connection_name=name) if granted else []

@@ -203,12 +203,15 @@ class ConnectionCounters:
             count, _ = self._errors.get(name, (0, ""))
             self._errors[name] = (count + 1, error)
 
-    def flush(self) -> None:
+    def flush(self, unused_budget: dict[str, int] | None = None) -> None:
+        """One statement per connection: the pass's outcomes, and the budget it took but did not spend."""
+        unused_budget = unused_budget or {}
         with self._lock:
             ok, errors, self._ok, self._errors = self._ok, self._errors, {}, {}
-        for name in set(ok) | set(errors):
+        for name in set(ok) | set(errors) | {n for n, unused in unused_budget.items() if unused}:
             failed, error = errors.get(name, (0, ""))
-            ConnectionState.objects.record(name, ok=ok.get(name, 0), failed=failed, error=error)
+            ConnectionState.objects.record(name, ok=ok.get(name, 0), failed=failed, error=error,
+                                           budget_unused=unused_budget.get(name, 0))
 
 
 def rate_limited(name: str, exc: RateLimited) -> bool:
