@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         emu = Emulator(port)
         runs_app = {"CONNECTIONS": {"default": {"KIND": "azure_openai", "ENDPOINT": emu.url,
                                                 "API_VERSION": API_VERSION, "API_KEY": API_KEY}},
-                    "POLL_FAST": 0.05, "ACTIVE_WINDOW": 7200.0, "POLLER_LANES": args.lanes,
+                    "POLL_FAST": 0.05, "POLL_INTERVAL": 0.05, "ACTIVE_WINDOW": 7200.0, "POLLER_LANES": args.lanes,
                     "DISCOVERY_INTERVAL": 3600.0, "HEALTH_PROBE_AFTER": 3600.0}
         for item in args.set:
             key, _, value = item.partition("=")

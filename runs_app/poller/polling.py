@@ -113,6 +113,13 @@ def apply_changed(polls: list[Polled], token: str, map_each=None) -> list[str]:
     return ["error" if run.pk in failed else "changed" for run in runs]
 
 
+def _typed_param(field: str) -> str:
+    """A placeholder for a value of ``Run.<field>``: typed on PostgreSQL, where a CASE of NULLs alone is text."""
+    if connection.vendor == "postgresql":
+        return f"%s::{Run._meta.get_field(field).db_type(connection)}"
+    return "%s"
+
+
 def release_many(releases: list[tuple[Run, dt.datetime | None]], token: str) -> None:
     """Release claimed runs, each with its next poll, in ONE statement."""
     if not releases:
@@ -121,8 +128,9 @@ def release_many(releases: list[tuple[Run, dt.datetime | None]], token: str) -> 
     column = {f: quote(Run._meta.get_field(f).column) for f in (
         "id", "claimed_by", "claimed_until", "polls", "next_poll_at")}
     whens, params = [], []
+    stamp = _typed_param("next_poll_at")
     for run, next_poll_at in releases:
-        whens.append("WHEN %s THEN %s")
+        whens.append(f"WHEN %s THEN {stamp}")
         params += [run.pk, None if next_poll_at is None else ops.adapt_datetimefield_value(next_poll_at)]
     ids = ", ".join(["%s"] * len(releases))
     table = quote(Run._meta.db_table)
@@ -150,19 +158,20 @@ def release_unchanged(polls: list[Polled], token: str) -> list[Polled]:
         "id", "status", "claimed_by", "claimed_until", "polls", "next_poll_at", "synced_at", "observed_from",
         "observed_to")}
     stamp = ops.adapt_datetimefield_value
+    when = f"WHEN %s THEN {_typed_param('next_poll_at')}"
     next_poll, synced, obs_from, obs_to, still = [], [], [], [], []
     p_next, p_synced, p_from, p_to, p_still = [], [], [], [], []
     for pk, p in by_pk.items():
         delay = next_poll_delay(p.run, p.received)
-        next_poll.append("WHEN %s THEN %s")
+        next_poll.append(when)
         p_next += [pk, None if delay is None else stamp(p.received + dt.timedelta(seconds=delay))]
-        synced.append("WHEN %s THEN %s")
+        synced.append(when)
         p_synced += [pk, stamp(p.received)]
         # Happens-before: the observation moves only if this request was sent after the stored one was answered.
         newer = f"{column['id']} = %s AND ({column['observed_to']} IS NULL OR {column['observed_to']} < %s)"
-        obs_from.append(f"WHEN {newer} THEN %s")
+        obs_from.append(f"WHEN {newer} THEN {_typed_param('observed_from')}")
         p_from += [pk, stamp(p.started), stamp(p.started)]
-        obs_to.append(f"WHEN {newer} THEN %s")
+        obs_to.append(f"WHEN {newer} THEN {_typed_param('observed_to')}")
         p_to += [pk, stamp(p.started), stamp(p.received)]
         still.append(f"({column['id']} = %s AND {column['status']} = %s)")
         p_still += [pk, p.run.status]
