@@ -11,7 +11,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from django.db import close_old_connections, connection
+from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Min, Q
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -23,7 +23,14 @@ from runs_app.poller.budget import Budget
 from runs_app.poller.budget import take as budget_take
 from runs_app.poller.claims import claim_due_runs
 from runs_app.poller.discovery import discover_due_threads, discover_new_threads
-from runs_app.poller.polling import ConnectionCounters, apply_changed, poll_claimed, release_unchanged
+from runs_app.poller.polling import (
+    ConnectionCounters,
+    apply_changes,
+    fetch_owed_details,
+    poll_claimed,
+    release_changed,
+    release_unchanged,
+)
 from runs_app.poller.watchdogs import probe_idle_connections
 
 logger = logging.getLogger("runs_app.poller")
@@ -47,20 +54,25 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
         while time.monotonic() < deadline:
             if beat is not None and beat.lost.is_set():
                 return _stopped(lane, stats)
-            runs, clients, budgets = claim_within_budgets(token)
-            counters = ConnectionCounters()
+            with transaction.atomic():  # one turn at the writer: the budget and the claims
+                runs, clients, budgets = claim_within_budgets(token)
+            counters, unchanged, changed, applied, failed = ConnectionCounters(), [], [], [], set()
+            each = map if pool is None else partial(_each_in_pool, pool)
             if runs:
-                unchanged, changed = [], []
                 jobs = [(run, token, counters, unchanged, changed, clients[run.connection]) for run in runs]
-                each = map if pool is None else partial(_each_in_pool, pool)
-                list(each(lambda job: _poll(*job), jobs))
-                changed += release_unchanged(unchanged, token)  # one statement for the pass's unchanged polls
-                apply_changed(changed, token, each)  # one transaction, one release for its changes
-            counters.flush(unused_budget={b.connection: b.unused() for b in budgets})
-            stats["polled"] += len(runs)
-            if not PollerLane.objects.filter(lane=lane, token=token).update(
-                    heartbeat_at=timezone.now(), cycles=F("cycles") + 1, runs_polled=F("runs_polled") + len(runs)):
-                return _stopped(lane, stats)
+                list(each(lambda job: _poll(*job), jobs))  # requests only
+                with transaction.atomic():  # one turn: what the pass saw
+                    changed += release_unchanged(unchanged, token)
+                    applied = apply_changes(changed)
+                failed = fetch_owed_details(changed, applied, each)  # requests (and their own writes)
+            with transaction.atomic():  # one turn: releases and the pass's bookkeeping
+                release_changed(applied, failed, token)
+                counters.flush(unused_budget={b.connection: b.unused() for b in budgets})
+                stats["polled"] += len(runs)
+                if not PollerLane.objects.filter(lane=lane, token=token).update(
+                        heartbeat_at=timezone.now(), cycles=F("cycles") + 1,
+                        runs_polled=F("runs_polled") + len(runs)):
+                    return _stopped(lane, stats)
             stats["threads_discovered"] = stats.get("threads_discovered", 0) + discover_new_threads()
             stats["discovered"] += discover_due_threads()
             probe_idle_connections()

@@ -89,9 +89,22 @@ def apply_changed(polls: list[Polled], token: str, map_each=None) -> list[str]:
     """A pass's polls that brought news (or whose row moved while they were out): applied through the upsert in ONE
     transaction, then the steps and messages fetched of those that stopped (``map_each(fn, items)`` runs the fetches,
     e.g. on the lane's threads), then all released in ONE statement. Returns each poll's outcome."""
+    runs = apply_changes(polls)
+    failed = fetch_owed_details(polls, runs, map_each)
+    release_changed(runs, failed, token)
+    return ["error" if run.pk in failed else "changed" for run in runs]
+
+
+def apply_changes(polls: list[Polled]) -> list[Run]:
+    """The changed runs of a pass through the upsert, in one transaction (no request made)."""
     if not polls:
         return []
-    runs = services.runs_apply_polled(polls=[(p.run, p.payload, p.seen) for p in polls])
+    return services.runs_apply_polled(polls=[(p.run, p.payload, p.seen) for p in polls])
+
+
+def fetch_owed_details(polls: list[Polled], runs: list[Run], map_each=None) -> set[int]:
+    """Fetch the steps and messages of the runs that stopped (outside any transaction: these are requests). Returns
+    the runs whose fetch failed: they stay owed them, and are polled again soon."""
     owed = [(p, run) for p, run in zip(polls, runs, strict=True) if services.details_owed(run)]
     failed: set[int] = set()
 
@@ -104,13 +117,17 @@ def apply_changed(polls: list[Polled], token: str, map_each=None) -> list[str]:
             failed.add(run.pk)
 
     list((map_each or map)(fetch_details, owed))
+    return failed
+
+
+def release_changed(runs: list[Run], failed: set[int], token: str) -> None:
+    """Release the pass's changed runs, each with its next poll (soon, for one whose details failed)."""
     now = timezone.now()
     releases = []
     for run in runs:
         delay = app_settings.POLL_FAST if run.pk in failed else next_poll_delay(run, now)
         releases.append((run, None if delay is None else now + dt.timedelta(seconds=delay)))
     release_many(releases, token)
-    return ["error" if run.pk in failed else "changed" for run in runs]
 
 
 def _typed_param(field: str) -> str:
