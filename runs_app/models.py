@@ -469,7 +469,10 @@ class ConnectionState(models.Model):
     def __str__(self):
         return self.connection
 
-    def throttle_at(self, now: dt.datetime, recovery: float) -> float:
+    #: The share of the rate the throttle climbs back by per second after a 429 lowered it.
+    THROTTLE_RECOVERY = 0.2
+
+    def throttle_at(self, now: dt.datetime, recovery: float = THROTTLE_RECOVERY) -> float:
         """The throttle now: it climbs back towards 1 by ``recovery`` per second since it was last set."""
         if self.throttled_at is None:
             return self.throttle

@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from runs_app import poller, services
 from runs_app.models import ConnectionState, PollerLane, Run, Thread
+from runs_app.ops import metrics
+from runs_app.ops.sync_status import sync_status
 from runs_app.poller import budget
 from runs_app.poller.polling import release_unchanged
 from tests.client_helpers import wait_for
@@ -117,6 +119,13 @@ def test_a_429_slows_the_connection_instead_of_pausing_it(mirror_settings, setti
     assert stats["polled"] > 2 * len(runs)  # it went on polling meanwhile
     later = timezone.now() + dt.timedelta(seconds=1 / budget.THROTTLE_RECOVERY)
     assert state.throttle_at(later, budget.THROTTLE_RECOVERY) == 1.0  # and it climbs back
+    # Shown where an operator looks: runs_sync_status and /metrics.
+    reported = sync_status(now=state.throttled_at)["connections"][0]
+    assert reported["throttle"] == round(state.throttle, 3) < 1 and reported["max_requests_per_second"] == 1000.0
+    assert reported["budget_granted"] > 0
+    text = metrics.render().decode()
+    assert 'runs_app_connection_throttle{connection="default"}' in text
+    assert 'runs_app_request_budget_granted_total{connection="default"}' in text
     for run in runs:
         services.run_cancel(run=Run.objects.get(pk=run.pk))
 

@@ -10,6 +10,9 @@ clusters, all machines):
 - ``runs_app_rate_limited_total{connection}`` — 429s seen by the poller (counter);
 - ``runs_app_connection_paused{connection}`` — 1 while polling of the connection is paused after a 429;
 - ``runs_app_connection_last_success_timestamp_seconds{connection}``;
+- ``runs_app_request_budget_per_second{connection}``, ``runs_app_connection_throttle{connection}`` and
+  ``runs_app_request_budget_granted_total{connection}`` — the poller's request budget in use, the share of it a 429
+  left, and what it granted;
 - ``runs_app_thread_discovery_requests_total{connection}`` and ``runs_app_threads_discovered_total{connection}`` —
   what listing the service's threads (``DISCOVER_THREADS``) cost and found (counters);
 - ``runs_app_polls_total{lane}`` and ``runs_app_poll_cycles_total{lane}`` — runs polled and cycles per lane;
@@ -33,6 +36,7 @@ from django.utils import timezone
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
 
+from runs_app.conf import app_settings
 from runs_app.models import ConnectionState, PollerLane, Run, RunStatus
 
 LAG_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
@@ -65,11 +69,25 @@ class MirrorCollector:
                                    labels=["connection"])
         success = GaugeMetricFamily("runs_app_connection_last_success_timestamp_seconds",
                                     "When the connection last answered a call.", labels=["connection"])
+        budget = GaugeMetricFamily("runs_app_request_budget_per_second",
+                                   "The poller's request budget in use: MAX_REQUESTS_PER_SECOND times the throttle.",
+                                   labels=["connection"])
+        throttle = GaugeMetricFamily("runs_app_connection_throttle",
+                                     "The share of the request budget in use (429s lower it; it climbs back).",
+                                     labels=["connection"])
+        granted = CounterMetricFamily("runs_app_request_budget_granted",
+                                      "Requests the budget granted the poller.", labels=["connection"])
         discovery = CounterMetricFamily("runs_app_thread_discovery_requests",
                                         "Requests made by thread discovery (DISCOVER_THREADS).", labels=["connection"])
         discovered = CounterMetricFamily("runs_app_threads_discovered", "Threads found by thread discovery.",
                                          labels=["connection"])
         for state in ConnectionState.objects.all():
+            share = state.throttle_at(now)
+            throttle.add_metric([state.connection], share)
+            granted.add_metric([state.connection], state.budget_granted)
+            if state.connection in app_settings.CONNECTIONS:
+                rate = app_settings.connection(state.connection)["MAX_REQUESTS_PER_SECOND"]
+                budget.add_metric([state.connection], rate * share)
             discovery.add_metric([state.connection], state.discovery_requests)
             discovered.add_metric([state.connection], state.threads_discovered)
             failed = state.failed_requests
@@ -80,7 +98,7 @@ class MirrorCollector:
             paused.add_metric([state.connection], 1 if state.paused_until and state.paused_until > now else 0)
             if state.last_success_at:
                 success.add_metric([state.connection], state.last_success_at.timestamp())
-        yield from (requests, limited, paused, success, discovery, discovered)
+        yield from (requests, limited, paused, success, budget, throttle, granted, discovery, discovered)
 
         polls = CounterMetricFamily("runs_app_polls", "Runs polled, per poll lane.", labels=["lane"])
         cycles = CounterMetricFamily("runs_app_poll_cycles", "Poll cycles run, per lane.", labels=["lane"])

@@ -55,6 +55,9 @@ def sync_status(*, now: dt.datetime | None = None) -> dict:
                 "last_success_at": _iso(state.last_success_at),
                 "last_error_at": _iso(state.last_error_at),
                 "last_error": state.last_error,
+                "max_requests_per_second": _budget_rate(state.connection),
+                "throttle": round(state.throttle_at(now), 3),
+                "budget_granted": state.budget_granted,
                 "discover_threads": state.connection in discovering,
                 "discovery_requests": state.discovery_requests,
                 "threads_discovered": state.threads_discovered,
@@ -75,6 +78,13 @@ def sync_status(*, now: dt.datetime | None = None) -> dict:
             for lane in PollerLane.objects.order_by("lane")
         ],
     }
+
+
+def _budget_rate(name: str) -> float | None:
+    """The connection's MAX_REQUESTS_PER_SECOND (None for a connection no longer configured)."""
+    if name not in app_settings.CONNECTIONS:
+        return None
+    return app_settings.connection(name)["MAX_REQUESTS_PER_SECOND"]
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -19,8 +19,7 @@ import time
 from runs_app.conf import app_settings
 from runs_app.models import ConnectionState
 
-#: The throttle climbs back by this share of the rate per second after a 429 lowered it.
-THROTTLE_RECOVERY = 0.2
+THROTTLE_RECOVERY = ConnectionState.THROTTLE_RECOVERY
 #: How much one 429 lowers the throttle, times one over the requests per second in use.
 THROTTLE_STEP = 1.5
 THROTTLE_FLOOR = 0.05

@@ -30,6 +30,9 @@ class Command(BaseCommand):
                                     "last error"),
                     [(c["connection"], str(c["requests"]), str(c["rate_limited"]), c["paused_until"] or "-",
                       c["last_success_at"] or "-", (c["last_error"] or "-")[:60]) for c in status["connections"]])
+        self._table("Request budget", ("connection", "per second", "throttle", "granted"),
+                    [(c["connection"], str(c["max_requests_per_second"] or "-"), f"{c['throttle']:.0%}",
+                      str(c["budget_granted"])) for c in status["connections"]])
         self._table("Thread discovery", ("connection", "on", "requests", "threads found", "next listing"),
                     [(c["connection"], "yes" if c["discover_threads"] else "no", str(c["discovery_requests"]),
                       str(c["threads_discovered"]), c["next_thread_discovery_at"] or "-")
