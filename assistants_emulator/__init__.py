@@ -54,6 +54,10 @@ class EmulatorHandle:
     def faults(self) -> dict:
         return describe(self._server.faults.config)
 
+    def faults_injected(self) -> dict:
+        """The faults injected since the last ``set_faults``/``reset``, by kind (e.g. ``{"drop": 1}``)."""
+        return dict(self._server.faults.injected)
+
     def events(self, since: int = 0) -> list:
         """The state-change record: every status change of runs, steps and messages, in order."""
         return self.state.events_since(since)

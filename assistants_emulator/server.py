@@ -245,7 +245,10 @@ class Handler(socketserver.StreamRequestHandler):
             if body:
                 try:
                     payload = json.loads(body)
-                except ValueError:
+                    # A lone surrogate escaped in the JSON ("\ud800") decodes, but is no text: refused as the
+                    # service refuses a body it cannot read (it would fail later, when the object is written out).
+                    dumps(payload)
+                except (ValueError, UnicodeEncodeError):
                     payload = _BAD_JSON
             faults = self.server.faults
             decision = None

@@ -7,6 +7,7 @@ must be given. ``make run`` sets DJANGO_DEBUG=1 for the local stack.
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE
 from django.core.exceptions import ImproperlyConfigured
 
 from project.env import env_bool, env_list, env_str
@@ -35,6 +36,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc served from here: the docs work offline
     "django_q",
     "runs_app",
     "project",
@@ -42,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",  # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below)
     "runs_app.middleware.GZipMiddleware",  # Django's, except for the live pages' event streams
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -165,11 +168,14 @@ else:
 # --- REST framework -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    # Basic first: its WWW-Authenticate challenge makes an unauthenticated request a 401, not a 403.
+    # Token first: a request without credentials gets 401 with "WWW-Authenticate: Token", which no browser
+    # answers with a password prompt (a Basic challenge would make it store and replay the password). Scripts
+    # send "Authorization: Token …"; the session serves the browsable docs. Basic stays accepted for reads
+    # (curl -u); a write with it must pass CSRF like a session (runs_app.web.csrf).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.BasicAuthentication",
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
 }
@@ -177,8 +183,30 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "runs_app internal API",
     "DESCRIPTION": "Mirror of Assistants-protocol threads, runs, steps and messages, and operator actions.",
     "VERSION": "0.1.0",
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAdminUser"],
+    # The schema and the docs describe what a user may read: for staff holding runs_app.view_run.
+    "SERVE_PERMISSIONS": ["runs_app.api.permissions.CanViewRuns"],
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+
+# --- Content-Security-Policy (django-csp) -----------------------------------------------------------------
+# Scripts only from this site (or inline with the per-response nonce, {{ request.csp_nonce }}); nothing from
+# another origin at all. Styles may be inline: Swagger UI and the admin's widgets set style attributes, and
+# drf-spectacular's Swagger page has a <style> block.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", NONCE],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],  # as X-Frame-Options: DENY
+    },
 }
 
 # --- Logging --------------------------------------------------------------------------------------

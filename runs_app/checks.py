@@ -90,12 +90,14 @@ def _check_numbers(raw: dict) -> list:
     for key in ("CONNECT_TIMEOUT", "READ_TIMEOUT", "STREAM_IDLE_TIMEOUT", "RETRY_AFTER_CAP", "POLL_FAST",
                 "POLL_INTERVAL",
                 "ACTIVE_WINDOW", "POLL_SLOW", "POLL_WAITING", "CLAIM_LEASE", "CYCLE_SECONDS", "DISCOVERY_INTERVAL",
-                "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "LANE_STALE_AFTER", "HEALTH_PROBE_AFTER"):
+                "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "LANE_STALE_AFTER", "HEALTH_PROBE_AFTER",
+                "LIVE_HEARTBEAT"):
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             errors.append(Error(f"{_key(key)} must be a positive number of seconds, not {value!r}.",
                                 id="runs_app.E011"))
-    for key, minimum in (("MAX_RETRIES", 0), ("POLLER_LANES", 1), ("POLL_THREADS", 1), ("CLAIM_BATCH", 1)):
+    for key, minimum in (("MAX_RETRIES", 0), ("POLLER_LANES", 1), ("POLL_THREADS", 1), ("CLAIM_BATCH", 1),
+                         ("LIVE_MAX_FEEDS_PER_USER", 1)):
         value = raw.get(key, DEFAULTS[key])
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             errors.append(Error(f"{_key(key)} must be a whole number ≥ {minimum}, not {value!r}.",

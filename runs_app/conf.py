@@ -99,6 +99,13 @@ DEFAULTS = {
     "METRICS_TOKEN": "",
     # Create the per-minute watchdog schedule (django-q2) on migrate; run the lane watcher in q workers.
     "POLLER_AUTOSTART": True,
+    # --- live pages (runs_app/web/) ---
+    # Seconds of silence after which a live feed sends a heartbeat comment; a client that left is noticed within
+    # one heartbeat (at once on runserver and gunicorn, which expose the client's socket).
+    "LIVE_HEARTBEAT": 15.0,
+    # Live feeds (GET …/live/runs/<id>/events) one user may hold open in one server process; more are refused
+    # with 429. A live page holds one; each holds a server thread and a database connection.
+    "LIVE_MAX_FEEDS_PER_USER": 8,
     # The API's permission policy: dotted paths of DRF permission classes.
     "API_PERMISSION_CLASSES": ["runs_app.api.permissions.IsRunsOperator"],
 }
@@ -140,9 +147,9 @@ SECONDS = frozenset({
     "ACTIVE_WINDOW",
     "POLL_SLOW", "POLL_WAITING", "CLAIM_LEASE", "CYCLE_SECONDS", "LANE_STALE_AFTER", "DISCOVERY_INTERVAL",
     "DISCOVERY_MAX_INTERVAL", "EXPIRING_WITHIN", "HEALTH_PROBE_AFTER", "DISCOVER_THREADS_SINCE",
-    "MAX_REQUESTS_PER_SECOND",
+    "MAX_REQUESTS_PER_SECOND", "LIVE_HEARTBEAT",
 })
-COUNTS = frozenset({"MAX_RETRIES", "POLLER_LANES", "POLL_THREADS", "CLAIM_BATCH"})
+COUNTS = frozenset({"MAX_RETRIES", "POLLER_LANES", "POLL_THREADS", "CLAIM_BATCH", "LIVE_MAX_FEEDS_PER_USER"})
 
 
 def typed(name: str, value):

@@ -21,7 +21,7 @@ SETTLED = TERMINAL | {"requires_action"}
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
-VIEW_PERMISSIONS = ("view_thread", "view_run")
+VIEW_PERMISSIONS = ("view_thread", "view_run", "view_message", "view_runstep", "view_runevent", "view_connectionstate")
 # Every runs_app permission an operator of the admin, the API and the live pages can hold.
 OPERATOR_PERMISSIONS = (*VIEW_PERMISSIONS, "add_thread", "add_run", "add_message", "cancel_run",
                         "submit_tool_outputs", "change_run_metadata", "refresh_run")

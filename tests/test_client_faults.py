@@ -101,12 +101,30 @@ def test_lost_create_response_never_duplicates_the_run(emulator, assistant, faul
     assert runs[0]["id"] == run["id"] and runs[0]["metadata"][REQUEST_TAG] == run["metadata"][REQUEST_TAG]
 
 
-def test_lost_create_thread_and_run_response_never_duplicates_the_run(emulator, assistant):
+def test_lost_create_thread_and_run_response_never_duplicates_the_thread_or_the_run(emulator, assistant):
+    """One POST /threads/runs; after a lost response the thread is found among the newest (GET /threads) by the
+    request tag it carries, and its run by the same tag: nothing is sent twice."""
     client = make_client(emulator)
-    emulator.set_faults({"drop": 1.0, "times": 1, "match": r"^POST /threads/[^/]+/runs$"})
+    before = {t["id"] for t in client.list_threads(limit=100)["data"]}
+    emulator.set_faults({"drop": 1.0, "times": 1, "match": r"^POST /threads/runs$"})
     run = client.create_thread_and_run(assistant_id=assistant["id"],
                                        thread={"messages": [{"role": "user", "content": "hi"}]})
+    assert emulator.faults_injected() == {"drop": 1}  # the response was lost
+    new_threads = [t for t in client.list_threads(limit=100)["data"] if t["id"] not in before]
+    assert [t["id"] for t in new_threads] == [run["thread_id"]]
+    assert new_threads[0]["metadata"][REQUEST_TAG] == run["metadata"][REQUEST_TAG]
     assert [r["id"] for r in client.list_runs(run["thread_id"])["data"]] == [run["id"]]
+
+
+def test_a_lost_create_thread_and_run_is_not_resent_where_threads_cannot_be_listed(emulator, assistant):
+    """api.openai.com has no GET /threads: the lost create cannot be looked for, so it is reported, not resent."""
+    client = make_client(emulator, kind="openai")
+    threads_before = len(emulator.state.threads)
+    emulator.set_faults({"drop": 1.0, "times": 1, "match": r"^POST /threads/runs$"})
+    with pytest.raises(errors.AssistantsError):
+        client.create_thread_and_run(assistant_id=assistant["id"])
+    assert emulator.faults_injected() == {"drop": 1}
+    assert len(emulator.state.threads) == threads_before + 1  # the one request took effect, once
 
 
 def test_lost_submit_tool_outputs_response_is_settled(emulator, remote):

@@ -106,7 +106,7 @@ def test_the_mirror_of_a_foundry_conversation(foundry, agent, django_user_model)
     prompt, answer = Message.objects.filter(thread=run.thread).order_by(*Message.THREAD_ORDER)
     assert (prompt.role, prompt.text, prompt.status) == ("user", "hello foundry", "completed")
     assert answer.run == run and answer.status == "completed" and "hello foundry" in answer.text
-    api = api_client(staff_user(django_user_model, "reader", permissions=()))  # reading needs staff status only
+    api = api_client(staff_user(django_user_model, "reader", permissions=("view_run",)))
     usage = api.get(f"/api/runs/{run.remote_id}/").json()["usage"]
     assert usage["prompt_token_details"] == {"cached_tokens": 0} and usage["total_tokens"] == run.total_tokens > 0
 

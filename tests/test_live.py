@@ -101,7 +101,7 @@ def test_start_a_run_streams_it_with_sse_headers_and_no_gzip(mirror_settings, as
                                 HTTP_X_CSRFTOKEN=token, HTTP_ACCEPT_ENCODING="gzip, deflate, br")
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream"
-    assert response["Cache-Control"] == "no-cache" and response["X-Accel-Buffering"] == "no"
+    assert response["Cache-Control"] == "no-store" and response["X-Accel-Buffering"] == "no"
     assert not response.has_header("Content-Encoding")
     events = frames(b"".join(response.streaming_content))
     names = [n for n, _ in events]

@@ -49,9 +49,13 @@ def page(browser_page, stack):
 
 
 def site_api(stack, path, method="GET", **kwargs):
-    """The site's REST API over real HTTP, as the superuser of the page."""
-    response = requests.request(method, f"{stack.url}/api{path}", auth=("ops", password_for("ops")), timeout=30,
-                                **kwargs)
+    """The site's REST API over real HTTP, as the superuser of the page, with a token as scripts do."""
+    from django.contrib.auth import get_user_model
+    from rest_framework.authtoken.models import Token
+
+    token, _ = Token.objects.get_or_create(user=get_user_model().objects.get(username="ops"))
+    response = requests.request(method, f"{stack.url}/api{path}", headers={"Authorization": f"Token {token.key}"},
+                                timeout=30, **kwargs)
     response.raise_for_status()
     return response.json()
 

@@ -85,7 +85,7 @@ def test_the_sse_response_is_an_event_stream_never_cached_or_buffered(mirror_set
     thread = services.thread_create()
     response = relay.sse_response(services.run_create_stream(thread=thread, assistant_id=assistant["id"]))
     assert response["Content-Type"] == "text/event-stream"
-    assert response["Cache-Control"] == "no-cache" and response["X-Accel-Buffering"] == "no"
+    assert response["Cache-Control"] == "no-store" and response["X-Accel-Buffering"] == "no"
     b"".join(response.streaming_content)
 
 

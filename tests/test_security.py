@@ -22,7 +22,8 @@ from tests.factories import non_staff_user, superuser
 
 pytestmark = pytest.mark.django_db
 
-PUBLIC = {"healthz"}  # load balancers call it; it shows statuses only (tested below)
+# healthz: load balancers call it, it shows statuses only (tested below); api-redoc: a redirect to the docs.
+PUBLIC = {"healthz", "api-redoc"}
 HOSTILE = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 
 

@@ -13,13 +13,16 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import generics, mixins, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.filters import OrderingFilter
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
 from runs_app import services
 from runs_app.api import serializers as api
+from runs_app.api.csrf import enforce_csrf
 from runs_app.api.exceptions import api_exception_handler
 from runs_app.api.filters import MessageFilter, RunFilter
 from runs_app.api.pagination import ProtocolCursorPagination
+from runs_app.api.parsers import GuardedJSONParser
 from runs_app.api.permissions import api_permission_classes
 from runs_app.conf import app_settings
 from runs_app.models import Message, Run, RunEvent, RunStep, Thread
@@ -111,9 +114,15 @@ class RunsAPIView(generics.GenericAPIView):
     #: {HTTP method: [model permissions]} the default policy requires on top of staff status.
     required_permissions: dict[str, list[str]] = {}
     pagination_class = ProtocolCursorPagination
+    # JSON checked for size and depth before parsing; forms for the browsable clients DRF offers.
+    parser_classes = [GuardedJSONParser, FormParser, MultiPartParser]
 
     def get_permissions(self):
         return [permission() for permission in api_permission_classes()]
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authentication, permissions, throttles
+        enforce_csrf(request)  # a write with credentials a browser replays on its own
 
     def get_exception_handler(self):
         return api_exception_handler  # the API's one error shape, whatever the site's EXCEPTION_HANDLER
@@ -131,7 +140,7 @@ class ThreadListCreateView(mixins.ListModelMixin, RunsAPIView):
     serializer_class = api.ThreadSerializer
     queryset = Thread.objects.all()
     ordering = "-created_at"
-    required_permissions = {"POST": ["runs_app.add_thread"]}
+    required_permissions = {"GET": ["runs_app.view_thread"], "POST": ["runs_app.add_thread"]}
 
     @extend_schema(summary="Threads in the mirror, newest first", responses={200: api.ThreadSerializer(many=True),
                                                                            **READ_ERRORS})
@@ -163,6 +172,7 @@ class ThreadImportView(RunsAPIView):
 
 class ThreadDetailView(RunsAPIView):
     serializer_class = api.ThreadSerializer
+    required_permissions = {"GET": ["runs_app.view_thread"]}
 
     @extend_schema(summary="A thread", parameters=[THREAD_ID], responses={200: api.ThreadSerializer, **READ_ERRORS})
     def get(self, request, thread_id):
@@ -174,7 +184,7 @@ class ThreadMessageListCreateView(mixins.ListModelMixin, RunsAPIView):
     filterset_class = MessageFilter
     filter_backends = [DjangoFilterBackend]
     ordering = Message.THREAD_ORDER
-    required_permissions = {"POST": ["runs_app.add_message"]}
+    required_permissions = {"GET": ["runs_app.view_message"], "POST": ["runs_app.add_message"]}
 
     def get_queryset(self) -> QuerySet:
         if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the filters' model
@@ -202,6 +212,7 @@ class ThreadMessageListCreateView(mixins.ListModelMixin, RunsAPIView):
 
 class ThreadMessageDetailView(RunsAPIView):
     serializer_class = api.MessageSerializer
+    required_permissions = {"GET": ["runs_app.view_message"]}
 
     @extend_schema(summary="A message", parameters=[THREAD_ID, MESSAGE_ID],
                    responses={200: api.MessageSerializer, **READ_ERRORS})
@@ -217,7 +228,7 @@ class ThreadMessageDetailView(RunsAPIView):
 class ThreadRunListCreateView(mixins.ListModelMixin, StreamingRunsAPIView):
     serializer_class = api.RunSerializer
     ordering = "-created_at"
-    required_permissions = {"POST": ["runs_app.add_run"]}
+    required_permissions = {"GET": ["runs_app.view_run"], "POST": ["runs_app.add_run"]}
 
     def get_queryset(self) -> QuerySet:
         return get_thread(self.request, self.kwargs["thread_id"]).runs.select_related("thread")
@@ -265,6 +276,7 @@ class RunListView(generics.ListAPIView, RunsAPIView):
     ordering = "-created_at"
 
     filter_backends = [DjangoFilterBackend, OrderingFilter]
+    required_permissions = {"GET": ["runs_app.view_run"]}
 
     @extend_schema(summary="Runs in the mirror", parameters=[METADATA_QUERY],
                    responses={200: api.RunSerializer(many=True), **READ_ERRORS})
@@ -274,7 +286,7 @@ class RunListView(generics.ListAPIView, RunsAPIView):
 
 class RunDetailView(RunsAPIView):
     serializer_class = api.RunSerializer
-    required_permissions = {"PATCH": ["runs_app.change_run_metadata"]}
+    required_permissions = {"GET": ["runs_app.view_run"], "PATCH": ["runs_app.change_run_metadata"]}
 
     @extend_schema(summary="A run", parameters=[RUN_ID], responses={200: api.RunSerializer, **READ_ERRORS})
     def get(self, request, run_id):
@@ -327,6 +339,7 @@ class RunRefreshView(RunsAPIView):
 class RunStepListView(generics.ListAPIView, RunsAPIView):
     serializer_class = api.RunStepSerializer
     ordering = "created_at"
+    required_permissions = {"GET": ["runs_app.view_runstep"]}
 
     def get_queryset(self) -> QuerySet:
         return get_run(self.request, self.kwargs["run_id"]).steps.select_related("run__thread")
@@ -339,6 +352,7 @@ class RunStepListView(generics.ListAPIView, RunsAPIView):
 
 class RunStepDetailView(RunsAPIView):
     serializer_class = api.RunStepSerializer
+    required_permissions = {"GET": ["runs_app.view_runstep"]}
 
     @extend_schema(summary="A run step", parameters=[RUN_ID, STEP_ID],
                    responses={200: api.RunStepSerializer, **READ_ERRORS})
@@ -353,6 +367,7 @@ class RunStepDetailView(RunsAPIView):
 class RunEventListView(generics.ListAPIView, RunsAPIView):
     serializer_class = api.RunEventSerializer
     ordering = "observed_at"
+    required_permissions = {"GET": ["runs_app.view_runevent"]}
 
     def get_queryset(self) -> QuerySet:
         run = get_run(self.request, self.kwargs["run_id"])

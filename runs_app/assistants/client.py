@@ -7,7 +7,6 @@ retry and duplicate-run rules.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -26,7 +25,7 @@ import runs_app
 from runs_app.assistants import errors
 from runs_app.assistants.auth import ApiKeyAuth, EntraAuth
 from runs_app.assistants.retries import backoff_delay, server_retry_after, should_retry
-from runs_app.assistants.streaming import Event, EventStream
+from runs_app.assistants.streaming import EventStream
 from runs_app.conf import AUTH_ENTRA, KIND_AZURE_OPENAI, KIND_FOUNDRY_AGENTS, KIND_OPENAI, app_settings
 
 logger = logging.getLogger("runs_app.client")
@@ -110,7 +109,8 @@ class AssistantsClient:
     def __init__(self, connection: str | None = None, *, settings: dict | None = None, credential=None,
                  rng: Callable[[], float] = random.random, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, max_retries: int | None = None,
-                 connect_timeout: float | None = None, read_timeout: float | None = None, budget=None):
+                 connect_timeout: float | None = None, read_timeout: float | None = None, budget=None,
+                 wait_on_rate_limit: bool = True):
         self.connection = connection or app_settings.DEFAULT_CONNECTION
         conf = settings if settings is not None else app_settings.connection(self.connection)
         self.kind = conf["KIND"]
@@ -134,6 +134,9 @@ class AssistantsClient:
         self.retry_after_cap = app_settings.RETRY_AFTER_CAP
         # A request budget (the poller's): ``acquire()`` before every attempt, ``rate_limited(seconds)`` on a 429.
         self._budget = budget
+        # False: a 429 raises RateLimited at once instead of being waited out and resent, for a caller that has
+        # other work meanwhile (a poll pass reschedules that run and goes on with the others).
+        self.wait_on_rate_limit = wait_on_rate_limit
         self._rng, self._sleep, self._clock = rng, sleep, clock
 
     def __repr__(self) -> str:
@@ -271,23 +274,30 @@ class AssistantsClient:
 
     def _create_thread_and_run(self, assistant_id, thread, fields, *, stream):
         _check_fields(fields, THREAD_AND_RUN_FIELDS, "create_thread_and_run")
-        if fields.get("tool_resources") is not None:
-            # Run-level tool_resources exist only on POST /threads/runs: send it as one request. Its
-            # new thread cannot be searched by a tag (thread listings carry no request tag), so it is never resent
-            # after a lost response.
-            body = {"assistant_id": assistant_id, "thread": thread or {}, **fields}
-            if stream:
-                body["stream"] = True
-            return self._request("POST", "/threads/runs", json=body, stream=stream)
-        # Otherwise: create the thread, then the run on it with the tag, so a lost response can be
-        # settled by looking at the thread's runs. A stream begins with the thread.created event the
-        # service itself would send.
-        created = self.create_thread(**_drop_none(dict(thread or {})))
-        result = self._create_run(created["id"], assistant_id, None, fields, stream=stream)
+        # One request, never a thread then a run: the service checks the whole request before it creates the
+        # thread, so a refused run (unknown assistant, bad tool) leaves no empty thread behind. The thread and the
+        # run carry the same request tag, so a lost response is settled by finding the thread among the newest
+        # (``GET /threads``) and the run on it; where threads cannot be listed, it is not resent.
+        metadata, tag = _tagged(fields.pop("metadata", None))
+        thread = dict(thread or {})
+        thread_metadata, thread_tag = _tagged(thread.get("metadata"), tag=tag)
+        if thread_metadata is not None:
+            thread["metadata"] = thread_metadata
+        body = {"assistant_id": assistant_id, "thread": thread, **_drop_none(fields), "metadata": metadata}
         if stream:
-            raw = json.dumps(created, separators=(",", ":"), ensure_ascii=False)
-            return _PrependedStream(Event("thread.created", created, raw), result)
-        return result
+            body["stream"] = True
+        settle = self._find_tagged_thread_run(tag) if tag and thread_tag == tag else None
+        return self._request("POST", "/threads/runs", json=body, stream=stream, settle=settle)
+
+    def _find_tagged_thread_run(self, tag: str) -> Callable[[], dict | None]:
+        def settle():
+            threads = self._request("GET", "/threads", params={"limit": TAG_SEARCH_WINDOW, "order": "desc"})
+            for thread in threads.get("data", []):
+                if (thread.get("metadata") or {}).get(REQUEST_TAG) == tag:
+                    return self._find_tagged(f"/threads/{_id(thread['id'])}/runs", tag)()
+            return None
+
+        return settle
 
     def _find_tagged(self, list_path: str, tag: str) -> Callable[[], dict | None]:
         def settle():
@@ -434,6 +444,8 @@ class AssistantsClient:
             self._auth.invalidate()
         if not should_retry(status, response.headers):
             raise error
+        if isinstance(error, errors.RateLimited) and not self.wait_on_rate_limit:
+            raise error
         if retry_after is not None and retry_after > self.retry_after_cap:
             # Too long to wait inside a request: the caller reschedules (e.g. pauses the connection).
             raise error if isinstance(error, errors.RateLimited) else errors.RateLimited(
@@ -469,32 +481,6 @@ class _Retryable(Exception):
         super().__init__(str(error))
         self.error = error
         self.delay = delay
-
-
-class _PrependedStream:
-    """An EventStream with one event before it (the thread.created of a split create-thread-and-run)."""
-
-    def __init__(self, first: Event, stream: EventStream):
-        self._first = first
-        self._stream = stream
-        self.request_id = stream.request_id
-
-    def __iter__(self) -> Iterator[Event]:
-        yield self._first
-        yield from self._stream
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def close(self):
-        self._stream.close()
-
-    @property
-    def finished(self) -> bool:
-        return self._stream.finished
 
 
 def _base_url(kind: str, endpoint: str) -> str:
@@ -555,11 +541,12 @@ def _check_fields(fields: dict, allowed: frozenset, operation: str) -> None:
         del fields[key]
 
 
-def _tagged(metadata: dict | None) -> tuple[dict | None, str | None]:
-    """Add the request tag when the metadata has room for it (the service allows 16 keys)."""
+def _tagged(metadata: dict | None, *, tag: str | None = None) -> tuple[dict | None, str | None]:
+    """Add the request tag (a new one, or ``tag``) when the metadata has room for it (the service allows 16
+    keys)."""
     metadata = dict(metadata or {})
     if len(metadata) >= 16 or REQUEST_TAG in metadata:
         return (metadata or None), metadata.get(REQUEST_TAG)
-    tag = uuid.uuid4().hex
+    tag = tag or uuid.uuid4().hex
     metadata[REQUEST_TAG] = tag
     return metadata, tag

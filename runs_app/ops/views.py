@@ -3,6 +3,7 @@
 import hmac
 
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
@@ -17,7 +18,9 @@ from runs_app.ops import metrics as runs_metrics
 
 @staff_member_required
 def connection_list(request):
-    """The configured remote services, without their secrets."""
+    """The configured remote services, without their secrets: for staff who may view the connections' state."""
+    if not request.user.has_perm("runs_app.view_connectionstate"):
+        raise PermissionDenied("The connections page needs the permission runs_app.view_connectionstate.")
     connections = []
     for name in app_settings.CONNECTIONS:
         conn = app_settings.connection(name)
@@ -53,13 +56,15 @@ def healthz(request):
 @require_GET
 def metrics(request):
     """Prometheus metrics: with RUNS_APP["METRICS_TOKEN"] set, for ``Authorization: Bearer <token>``; staff
-    users (session) may always read them."""
+    users holding ``runs_app.view_run`` (session) may always read them."""
     token = app_settings.METRICS_TOKEN
     header = request.META.get("HTTP_AUTHORIZATION", "")
     bearer_ok = bool(token) and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
     user = request.user
-    if not (bearer_ok or (user.is_authenticated and user.is_active and user.is_staff)):
-        response = JsonResponse(error_body("Metrics need a staff session or the metrics bearer token.",
+    may_view = user.is_authenticated and user.is_active and user.is_staff and user.has_perm("runs_app.view_run")
+    if not (bearer_ok or may_view):
+        response = JsonResponse(error_body("Metrics need the metrics bearer token, or a staff session with the "
+                                           "permission runs_app.view_run.",
                                            code="forbidden"), status=403)
         if token:
             response["WWW-Authenticate"] = 'Bearer realm="runs_app metrics"'

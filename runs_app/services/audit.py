@@ -16,11 +16,15 @@ _SECRET_KEY_RE = re.compile(r"(api[-_]?key|token|secret|password|authorization|c
 def redact(value: Any) -> Any:
     """A copy with the values of secret-looking keys replaced (and NULs, which PostgreSQL cannot store), for
     the audit log."""
-    value = without_nul(value)
+    return _redacted(without_nul(value))
+
+
+def _redacted(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: ("***" if isinstance(k, str) and _SECRET_KEY_RE.search(k) else redact(v)) for k, v in value.items()}
+        return {k: ("***" if isinstance(k, str) and _SECRET_KEY_RE.search(k) else _redacted(v))
+                for k, v in value.items()}
     if isinstance(value, list):
-        return [redact(v) for v in value]
+        return [_redacted(v) for v in value]
     return value
 
 

@@ -32,14 +32,30 @@ def validate_metadata(metadata: Any, *, field: str = "metadata") -> dict:
             errors.append(f"Key {key!r} must be a non-empty string.")
         elif len(key) > METADATA_MAX_KEY_LENGTH:
             errors.append(f"Key {key[:20]!r}… is {len(key)} characters; the limit is {METADATA_MAX_KEY_LENGTH}.")
+        elif not _storable(key):
+            errors.append(f"Key {key[:20]!r} holds a NUL or a lone surrogate, which cannot be sent or stored.")
         if not isinstance(value, str):
             errors.append(f"The value of {str(key)[:64]!r} must be a string.")
         elif len(value) > METADATA_MAX_VALUE_LENGTH:
             errors.append(f"The value of {key[:64]!r} is {len(value)} characters; the limit is "
                           f"{METADATA_MAX_VALUE_LENGTH}.")
+        elif not _storable(value):
+            errors.append(f"The value of {str(key)[:64]!r} holds a NUL or a lone surrogate, which cannot be sent "
+                          "or stored.")
     if errors:
         raise ValidationError({field: errors})
     return metadata
+
+
+def _storable(text: str) -> bool:
+    """Keys and values alike: no NUL (PostgreSQL refuses it) and valid UTF-8 (a lone surrogate is not)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 #: The service's limit on a message's text (OpenAI: "string too long … maximum length 256000").
@@ -126,6 +142,8 @@ def _validated_content(content: Any, fail) -> str | list:
 
 
 def _check_text(text: str, name: str, fail) -> None:
+    if not _storable(text):
+        fail(name, "Holds a lone surrogate (not valid Unicode), which cannot be sent.")
     if not text.strip():
         fail(name, "Write some text: it is empty or only whitespace.")
     if len(text) > MESSAGE_MAX_CHARACTERS:

@@ -11,8 +11,11 @@ names so one renderer serves both this feed and a relayed stream:
   a relay folds deltas into the mirror, the poller writes whole messages);
 - ``done`` (``[DONE]``) once the run is terminal and its steps and messages were fetched for that state
   (or ``SETTLE_SECONDS`` after it became terminal);
-- ``error`` if the run disappears from the mirror; ``: heartbeat`` comments after ``HEARTBEAT_SECONDS`` of
-  silence.
+- ``error`` if the run disappears from the mirror; ``: heartbeat`` comments after ``heartbeat`` seconds of
+  silence (``RUNS_APP["LIVE_HEARTBEAT"]``).
+
+A feed stops within one tick of its client leaving where the server exposes the client's socket, within one
+heartbeat elsewhere (``runs_app.web.clients``), and gives back its slot of ``LIVE_MAX_FEEDS_PER_USER``.
 
 Opening the feed asks the poller to poll an active run now, so a watched run is fresh from the first second.
 The feed holds one database connection while it is open.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 
@@ -29,15 +33,16 @@ from django.db.models import Q
 from django.utils import timezone
 
 from runs_app import poller
+from runs_app.conf import app_settings
 from runs_app.mirror.representation import message_object, run_object, step_object
 from runs_app.models import Message, Run, RunStep
 from runs_app.ops.metrics import STREAMS_OPEN
 from runs_app.services import details_marker
+from runs_app.web.clients import FeedSlot, has_left
 
 logger = logging.getLogger("runs_app.web.feed")
 
 TICK_SECONDS = 0.25
-HEARTBEAT_SECONDS = 15.0
 SETTLE_SECONDS = 10.0
 
 
@@ -47,11 +52,14 @@ def sse(name: str, data) -> bytes:
 
 
 class MirrorFeed:
-    def __init__(self, run: Run, *, tick: float = TICK_SECONDS, heartbeat: float = HEARTBEAT_SECONDS,
-                 settle: float = SETTLE_SECONDS):
+    def __init__(self, run: Run, *, tick: float = TICK_SECONDS, heartbeat: float | None = None,
+                 settle: float = SETTLE_SECONDS, client: socket.socket | None = None, slot: FeedSlot | None = None):
         self.run_pk = run.pk
         self.remote_id = run.remote_id
-        self.tick, self.heartbeat, self.settle = tick, heartbeat, settle
+        self.tick, self.settle = tick, settle
+        self.heartbeat = app_settings.LIVE_HEARTBEAT if heartbeat is None else heartbeat
+        self.client, self.slot = client, slot
+        self.client_left = False
         self._run_seen: bytes | None = None
         self._steps_seen: dict[int, bytes] = {}
         self._messages_seen: dict[int, bytes] = {}
@@ -65,12 +73,25 @@ class MirrorFeed:
             yield from self._feed()
         finally:
             STREAMS_OPEN.dec()
+            self.close()
+
+    def close(self) -> None:
+        """Give back the user's feed slot (the response calls this when it closes, even if never read)."""
+        if self.slot is not None:
+            self.slot.release()
 
     def _feed(self) -> Iterator[bytes]:
         yield b"retry: 2000\n\n"
         last_sent = time.monotonic()
         terminal_since: float | None = None
+        probe = False
         while True:
+            if self.client is not None and has_left(self.client):
+                self.client_left = True
+                return
+            if probe:  # fails to write if the heartbeat came back as a reset: the client left
+                probe = False
+                yield b":\n\n"
             run = Run.objects.select_related("thread").filter(pk=self.run_pk).first()
             if run is None:
                 yield sse("error", {"error": {"message": f"Run {self.remote_id} is no longer in the mirror.",
@@ -85,6 +106,7 @@ class MirrorFeed:
                 last_sent = now
             elif now - last_sent >= self.heartbeat:
                 last_sent = now
+                probe = self.client is None
                 yield b": heartbeat\n\n"
             if run.is_terminal:
                 terminal_since = terminal_since or now

@@ -16,7 +16,6 @@ Model output is rendered as text (template autoescaping, ``textContent`` in ``li
 
 from __future__ import annotations
 
-import json
 from functools import wraps
 
 from django.contrib.admin.views.decorators import staff_member_required
@@ -24,13 +23,17 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, JsonResponse
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
-from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from runs_app import errors, services
+from runs_app.conf import app_settings
 from runs_app.mirror.representation import run_object
 from runs_app.models import AmbiguousRemoteId, Message, Run, Thread
 from runs_app.web import relay
+from runs_app.web.bodies import parse_json_body
+from runs_app.web.clients import TooManyFeeds, client_socket, feed_slots
+from runs_app.web.csrf import json_csrf_protect
 from runs_app.web.feed import MirrorFeed
 
 ID_HELP = "Ids look like thread_abc123 / run_abc123."
@@ -75,6 +78,10 @@ def staff_endpoint(*perms: str):
     return decorator
 
 
+#: CSRF as Django checks it, a failure in the JSON error body the page's script reads.
+json_csrf = json_csrf_protect(lambda message: _error(403, message, code="csrf_failed"))
+
+
 def _lookup(model, remote_id: str, request):
     """The mirror row with this remote id (``?connection=`` picks one when several connections have it)."""
     rows = model.objects.select_related("thread") if model is Run else model.objects
@@ -97,10 +104,7 @@ def _admin_url(name: str, *args) -> str | None:
 
 def _body(request) -> dict:
     if request.content_type == "application/json":
-        try:
-            data = json.loads(request.body or b"{}")
-        except ValueError as exc:
-            raise ValidationError({"body": [f"Not valid JSON: {exc}"]}) from exc
+        data = parse_json_body(request.body)
         if not isinstance(data, dict):
             raise ValidationError({"body": ["Send a JSON object."]})
         return data
@@ -120,6 +124,7 @@ def _live_urls() -> dict:
     }
 
 
+@never_cache  # the page shows the mirror as it is: never from a cache, never stored
 @staff_member_required
 @require_GET
 def thread_live(request, thread_id: str):
@@ -146,6 +151,7 @@ def thread_live(request, thread_id: str):
     })
 
 
+@never_cache
 @staff_member_required
 @require_GET
 def run_live(request, run_id: str):
@@ -199,11 +205,17 @@ def on_mirror_row(model, param: str):
 @staff_endpoint("runs_app.view_run")
 @on_mirror_row(Run, "run_id")
 def run_events(request, run: Run):
-    return relay.event_stream_response(MirrorFeed(run))
+    try:
+        slot = feed_slots.take(request.user.pk, app_settings.LIVE_MAX_FEEDS_PER_USER)
+    except TooManyFeeds as exc:
+        response = _error(429, str(exc), code="too_many_feeds")
+        response["Retry-After"] = str(int(app_settings.LIVE_HEARTBEAT))
+        return response
+    return relay.event_stream_response(MirrorFeed(run, client=client_socket(request.META), slot=slot))
 
 
 @require_POST
-@csrf_protect
+@json_csrf
 @staff_endpoint("runs_app.add_run")
 @on_mirror_row(Thread, "thread_id")
 def thread_live_runs(request, thread: Thread):
@@ -220,7 +232,7 @@ def thread_live_runs(request, thread: Thread):
 
 
 @require_POST
-@csrf_protect
+@json_csrf
 @staff_endpoint("runs_app.submit_tool_outputs")
 @on_mirror_row(Run, "run_id")
 def run_live_tool_outputs(request, run: Run):
@@ -234,7 +246,7 @@ def run_live_tool_outputs(request, run: Run):
 
 
 @require_POST
-@csrf_protect
+@json_csrf
 @staff_endpoint("runs_app.cancel_run")
 @on_mirror_row(Run, "run_id")
 def run_live_cancel(request, run: Run):

@@ -266,7 +266,7 @@ def _merge_parts(parts: list, more: list) -> list:
 def event_stream_response(events: Iterator[bytes]) -> StreamingHttpResponse:
     """Server-sent events as a response that proxies and browsers do not buffer (closing it closes the events)."""
     response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
+    response["Cache-Control"] = "no-store"  # live state: never kept by a browser or a proxy
     response["X-Accel-Buffering"] = "no"
     return response
 
