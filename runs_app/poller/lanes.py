@@ -57,16 +57,17 @@ def run_lane(lane: int, token: str, *, seconds: float | None = None) -> dict:
             with transaction.atomic():  # one turn at the writer: the budget and the claims
                 runs, clients, budgets = claim_within_budgets(token)
             counters, unchanged, changed, applied, failed = ConnectionCounters(), [], [], [], set()
+            deferred: list = []  # (run, next poll) of the runs a 429 put off
             each = map if pool is None else partial(_each_in_pool, pool)
             if runs:
-                jobs = [(run, token, counters, unchanged, changed, clients[run.connection]) for run in runs]
+                jobs = [(run, token, counters, unchanged, changed, clients[run.connection], deferred) for run in runs]
                 list(each(lambda job: _poll(*job), jobs))  # requests only
                 with transaction.atomic():  # one turn: what the pass saw
                     changed += release_unchanged(unchanged, token)
                     applied = apply_changes(changed)
                 failed = fetch_owed_details(changed, applied, each)  # requests (and their own writes)
             with transaction.atomic():  # one turn: releases and the pass's bookkeeping
-                release_changed(applied, failed, token)
+                release_changed(applied, failed, token, deferred=deferred)
                 counters.flush(unused_budget={b.connection: b.unused() for b in budgets})
                 stats["polled"] += len(runs)
                 if not PollerLane.objects.filter(lane=lane, token=token).update(
@@ -123,8 +124,8 @@ def _stopped(lane: int, stats: dict) -> dict:
     return stats
 
 
-def _poll(run, token, counters, unchanged, changed, client):
-    return poll_claimed(run, token, counters, unchanged=unchanged, changed=changed, client=client)
+def _poll(run, token, counters, unchanged, changed, client, deferred):
+    return poll_claimed(run, token, counters, unchanged=unchanged, changed=changed, client=client, deferred=deferred)
 
 
 def _each_in_pool(pool: ThreadPoolExecutor, fn, items) -> list:
@@ -147,7 +148,9 @@ def claim_within_budgets(token: str) -> tuple[list[Run], dict[str, AssistantsCli
         budgets.append(budget)
         if claimed:
             runs += claimed
-            clients[name] = AssistantsClient(name, budget=budget)
+            # A 429 is not waited out inside the pass (its other runs would wait with it): the run is released
+            # to be polled after the Retry-After, with the pass's other releases.
+            clients[name] = AssistantsClient(name, budget=budget, wait_on_rate_limit=False)
     return runs, clients, budgets
 
 

@@ -41,7 +41,7 @@ Unchanged = Polled  # (the name the pass's first list goes by)
 
 def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = None, *,
                  unchanged: list[Polled] | None = None, changed: list[Polled] | None = None,
-                 client: AssistantsClient | None = None) -> str:
+                 client: AssistantsClient | None = None, deferred: list | None = None) -> str:
     """Poll one claimed run; returns the outcome ('same', 'changed', 'paused', 'throttled', 'gone', 'error').
 
     Within a lane's pass (``unchanged`` and ``changed`` given) a poll only notes what it saw: the pass records all
@@ -53,7 +53,11 @@ def poll_claimed(run: Run, token: str, counters: ConnectionCounters | None = Non
     try:
         payload = client.retrieve_run(run.thread.remote_id, run.remote_id)
     except RateLimited as exc:
-        release(run, token, next_poll_at=started + dt.timedelta(seconds=exc.retry_after or 1))
+        next_poll_at = started + dt.timedelta(seconds=exc.retry_after or 1)
+        if deferred is not None:
+            deferred.append((run, next_poll_at))  # released with the pass's others (``release_changed``)
+        else:
+            release(run, token, next_poll_at=next_poll_at)
         if rate_limited(run.connection, exc):
             return "paused"
         return "throttled"
@@ -120,10 +124,11 @@ def fetch_owed_details(polls: list[Polled], runs: list[Run], map_each=None) -> s
     return failed
 
 
-def release_changed(runs: list[Run], failed: set[int], token: str) -> None:
-    """Release the pass's changed runs, each with its next poll (soon, for one whose details failed)."""
+def release_changed(runs: list[Run], failed: set[int], token: str, *, deferred=()) -> None:
+    """Release the pass's changed runs, each with its next poll (soon, for one whose details failed), and the runs a
+    429 put off (``deferred``: (run, next poll) pairs)."""
     now = timezone.now()
-    releases = []
+    releases = list(deferred)
     for run in runs:
         delay = app_settings.POLL_FAST if run.pk in failed else next_poll_delay(run, now)
         releases.append((run, None if delay is None else now + dt.timedelta(seconds=delay)))
