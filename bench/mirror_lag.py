@@ -496,7 +496,9 @@ def mirror_mode(args, emu: Emulator, assistant_id: str, jobs: list[dict], cleanu
                 now = timezone.now()
                 timeline.append({"t": round(time.monotonic() - t0, 1), "active": Run.objects.active().count(),
                                  "overdue": Run.objects.filter(next_poll_at__lt=now - dt.timedelta(seconds=1)).count(),
-                                 "polled": sum(PollerLane.objects.values_list("runs_polled", flat=True))})
+                                 "polled": sum(PollerLane.objects.values_list("runs_polled", flat=True)),
+                                 "throttle": round(min(ConnectionState.objects.values_list("throttle", flat=True),
+                                                       default=1.0), 3)})
         finally:
             close_old_connections()
 

@@ -40,13 +40,16 @@ def discover_due_threads(*, limit: int = 20) -> int:
         if not taken:
             continue
         budget = budgets.setdefault(thread.connection, Budget(thread.connection))
-        client = AssistantsClient(thread.connection, budget=budget)
+        # A 429 is not waited out here: the lane's next pass would wait with it (listings run one after the other).
+        client = AssistantsClient(thread.connection, budget=budget, wait_on_rate_limit=False)
+        started = timezone.now()
         try:
-            started = timezone.now()
             page = client.list_runs(thread.remote_id, limit=100, order="desc")
             ConnectionState.objects.record(thread.connection, ok=1)
         except RateLimited as exc:
-            rate_limited(thread.connection, exc)
+            if not rate_limited(thread.connection, exc):  # listed again after the Retry-After
+                Thread.objects.filter(pk=thread.pk).update(
+                    next_discovery_at=started + dt.timedelta(seconds=exc.retry_after or 1))
             continue
         except AssistantsError as exc:
             logger.warning("discovery on %s failed: %s", thread.remote_id, exc)
@@ -97,7 +100,8 @@ def _discover_threads_of(name: str, newest_known: str, now: dt.datetime) -> int:
     since = now - dt.timedelta(seconds=conf["DISCOVER_THREADS_SINCE"])
     budget = Budget(name)
     try:
-        return _list_new_threads(name, newest_known, since, AssistantsClient(name, budget=budget))
+        return _list_new_threads(name, newest_known, since,
+                                 AssistantsClient(name, budget=budget, wait_on_rate_limit=False))
     finally:
         budget.settle()
 
